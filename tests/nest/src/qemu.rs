@@ -131,12 +131,31 @@ pub fn run(kernel: &Path, cmd: &[&str], opts: &Options) -> Result<Output> {
 }
 
 fn cmdline(init: &Path) -> String {
-    format!(
+    let mut line = format!(
         "console=ttyS0 reboot=t panic=-1 loglevel=4 \
          root={ROOT_TAG} rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose \
          ro init={}",
         init.display()
-    )
+    );
+    // TCG's TSC ticks at the host's rate, but L1 calibrates it against an emulated PIT, which
+    // fails when the host is busy; KVM in L1 then has no TSC frequency and its guests hang in
+    // KVM_RUN. Hand L1 the host's frequency instead, and trust it.
+    if let Some(khz) = host_tsc_khz() {
+        line.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+    }
+    line
+}
+
+/// The host CPU's frequency in kHz, from `/proc/cpuinfo` (which reports the TSC rate in a VM).
+fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu MHz")?.split(':').nth(1))?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
 }
 
 fn share(id: &str, path: &Path, tag: &str, readonly: bool) -> [String; 4] {

@@ -72,6 +72,12 @@ fn run(cpl3: bool) -> Result<(), String> {
     let mut vcpu = vm
         .create_vcpu(0)
         .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
+    // Long mode is only valid for a vCPU whose CPUID says it has it.
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
+    vcpu.set_cpuid2(&cpuid)
+        .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
     let mut sregs = vcpu
         .get_sregs()
         .map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
