@@ -1,5 +1,6 @@
 //! Starting and supervising the QEMU process that is L1.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -141,7 +142,7 @@ fn cmdline(init: &Path) -> String {
     // fails when the host is busy; KVM in L1 then has no TSC frequency and its guests hang in
     // KVM_RUN. Hand L1 the host's frequency instead, and trust it.
     if let Some(khz) = host_tsc_khz() {
-        line.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+        let _ = write!(line, " tsc_early_khz={khz} tsc=reliable");
     }
     line
 }
