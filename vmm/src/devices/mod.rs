@@ -1,0 +1,4 @@
+//! Devices the guest sees: legacy PIO devices, and virtio-mmio devices (`virtio/`).
+//! Every device is reached through a [`bus::Bus`] that the vCPU exit handler dispatches to.
+
+pub mod bus;
