@@ -31,6 +31,10 @@ pub struct Options {
     pub tmpfs: Vec<PathBuf>,
     /// Host directories shared read-write into L1 at the same path (results, logs).
     pub writable: Vec<PathBuf>,
+    /// Host paths that stay visible (read-only) even when a tmpfs above covers them: for each,
+    /// the top directory under the covering tmpfs is shared again at the same path. Default:
+    /// the working directory, so a checkout under `/tmp` still sees its own files.
+    pub visible: Vec<PathBuf>,
     /// Environment of the command, on top of PATH, HOME, WARD_CACHE and RUST_* from the caller.
     pub env: Vec<(String, String)>,
     /// Working directory of the command (a host path, read-only in L1 unless made writable).
@@ -51,6 +55,7 @@ impl Default for Options {
             cpus: 2,
             tmpfs: Vec::new(),
             writable: Vec::new(),
+            visible: std::env::current_dir().into_iter().collect(),
             env: Vec::new(),
             cwd: std::env::current_dir().ok(),
             label: format!("ward-nest-{}", std::process::id()),

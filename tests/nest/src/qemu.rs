@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::script::{RESULT_TAG, ROOT_TAG, Script};
+use std::path::PathBuf;
+
+use crate::script::{DEFAULT_TMPFS, RESULT_TAG, ROOT_TAG, Script, Share};
 use crate::{Error, Options, Output, Result, tail};
 
 const CONSOLE_TAIL: usize = 6000;
@@ -28,17 +30,30 @@ pub fn run(kernel: &Path, cmd: &[&str], opts: &Options) -> Result<Output> {
         source,
     })?;
 
-    let writable: Vec<(String, std::path::PathBuf)> = opts
-        .writable
+    let tmpfs: Vec<PathBuf> = DEFAULT_TMPFS
         .iter()
-        .enumerate()
-        .map(|(i, p)| (format!("nestw{i}"), p.clone()))
+        .map(PathBuf::from)
+        .chain(opts.tmpfs.iter().cloned())
         .collect();
+    let mut shares: Vec<Share> = shadowed_tops(&opts.visible, &tmpfs)
+        .into_iter()
+        .enumerate()
+        .map(|(i, path)| Share {
+            tag: format!("nestv{i}"),
+            path,
+            readonly: true,
+        })
+        .collect();
+    shares.extend(opts.writable.iter().enumerate().map(|(i, p)| Share {
+        tag: format!("nestw{i}"),
+        path: p.clone(),
+        readonly: false,
+    }));
     let init = workdir.path().join("init");
     let script = Script {
         cmd,
-        tmpfs: &opts.tmpfs,
-        writable: &writable,
+        tmpfs: &tmpfs,
+        shares: &shares,
         env: &opts.env,
         cwd: opts.cwd.as_deref(),
     };
@@ -61,8 +76,8 @@ pub fn run(kernel: &Path, cmd: &[&str], opts: &Options) -> Result<Output> {
         .args(["-append", &cmdline(&init)])
         .args(share("h", Path::new("/"), ROOT_TAG, true))
         .args(share("r", &results, RESULT_TAG, false));
-    for (tag, path) in &writable {
-        command.args(share(tag, path, tag, false));
+    for sh in &shares {
+        command.args(share(&sh.tag, &sh.path, &sh.tag, sh.readonly));
     }
     command
         .stdin(Stdio::null())
@@ -129,6 +144,26 @@ pub fn run(kernel: &Path, cmd: &[&str], opts: &Options) -> Result<Output> {
             console: tail(&console, CONSOLE_TAIL),
         }),
     }
+}
+
+/// For each visible path under a tmpfs mount point, the directory right below that mount
+/// point: sharing it again keeps the path (and its siblings in the same tree) reachable.
+fn shadowed_tops(visible: &[PathBuf], tmpfs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut tops: Vec<PathBuf> = Vec::new();
+    for path in visible {
+        for mount in tmpfs {
+            let Ok(rest) = path.strip_prefix(mount) else {
+                continue;
+            };
+            if let Some(first) = rest.components().next() {
+                let top = mount.join(first);
+                if !tops.contains(&top) {
+                    tops.push(top);
+                }
+            }
+        }
+    }
+    tops
 }
 
 fn cmdline(init: &Path) -> String {
@@ -223,5 +258,25 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<std::proces
                 return None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadowed_tops_finds_the_directory_below_the_tmpfs() {
+        let tmpfs = [PathBuf::from("/tmp"), PathBuf::from("/run")];
+        let visible = [
+            PathBuf::from("/tmp/clone/tests"),
+            PathBuf::from("/tmp/clone/target"),
+            PathBuf::from("/work/main"),
+            PathBuf::from("/run"),
+        ];
+        assert_eq!(
+            shadowed_tops(&visible, &tmpfs),
+            [PathBuf::from("/tmp/clone")]
+        );
     }
 }

@@ -23,11 +23,20 @@ const INHERITED_ENV: [&str; 6] = [
     "WARD_TEST_VERBOSE",
 ];
 
+/// A host directory shared into L1 over 9p at the same path.
+#[derive(Debug, Clone)]
+pub struct Share {
+    pub tag: String,
+    pub path: PathBuf,
+    pub readonly: bool,
+}
+
 pub struct Script<'a> {
     pub cmd: &'a [&'a str],
+    /// Every tmpfs mount point, defaults included.
     pub tmpfs: &'a [PathBuf],
-    /// (9p tag, path) shares mounted read-write.
-    pub writable: &'a [(String, PathBuf)],
+    /// Mounted after the tmpfs, so they show through them.
+    pub shares: &'a [Share],
     pub env: &'a [(String, String)],
     pub cwd: Option<&'a Path>,
 }
@@ -51,11 +60,7 @@ impl Script<'_> {
              mount -t tmpfs -o mode=1777 shm /dev/shm\n\
              mount -t cgroup2 cgroup2 /sys/fs/cgroup\n",
         );
-        for dir in DEFAULT_TMPFS
-            .iter()
-            .map(PathBuf::from)
-            .chain(self.tmpfs.iter().cloned())
-        {
+        for dir in self.tmpfs {
             let mode = if dir == Path::new("/tmp") {
                 "1777"
             } else {
@@ -73,11 +78,17 @@ impl Script<'_> {
             s,
             "mount -t 9p -o {opts} {RESULT_TAG} {RESULT_MOUNT} || poweroff_now"
         );
-        for (tag, path) in self.writable {
-            let path = quote(&path.to_string_lossy());
+        for share in self.shares {
+            let path = quote(&share.path.to_string_lossy());
+            let mode = if share.readonly {
+                "ro"
+            } else {
+                "rw,cache=none"
+            };
+            let tag = &share.tag;
             let _ = writeln!(
                 s,
-                "mkdir -p {path} && mount -t 9p -o {opts},cache=none {tag} {path}"
+                "mkdir -p {path} && mount -t 9p -o {opts},{mode} {tag} {path}"
             );
         }
         s.push_str("ip link set lo up 2>/dev/null\nhostname ward-nest 2>/dev/null\n");
@@ -118,13 +129,17 @@ mod tests {
 
     #[test]
     fn render_runs_the_argv_and_records_status() {
-        let tmpfs = [PathBuf::from("/srv/x")];
+        let tmpfs = [PathBuf::from("/tmp"), PathBuf::from("/srv/x")];
         let env = [("FOO".to_string(), "a'b".to_string())];
-        let writable = [("w0".to_string(), PathBuf::from("/tmp/out dir"))];
+        let shares = [Share {
+            tag: "w0".into(),
+            path: "/tmp/out dir".into(),
+            readonly: false,
+        }];
         let script = Script {
             cmd: &["sh", "-c", "echo 'hi'"],
             tmpfs: &tmpfs,
-            writable: &writable,
+            shares: &shares,
             env: &env,
             cwd: Some(Path::new("/work")),
         }
@@ -132,7 +147,7 @@ mod tests {
         assert!(script.starts_with("#!/bin/sh\n"));
         assert!(script.contains("mount -t tmpfs -o mode=1777 tmpfs '/tmp'"));
         assert!(script.contains("mount -t tmpfs -o mode=755 tmpfs '/srv/x'"));
-        assert!(script.contains("w0 '/tmp/out dir'"));
+        assert!(script.contains("rw,cache=none w0 '/tmp/out dir'"));
         assert!(script.contains(r"export FOO='a'\''b'"));
         assert!(script.contains(r"'sh' '-c' 'echo '\''hi'\'''"));
         assert!(script.contains("cd '/work'"));
