@@ -3,4 +3,5 @@
 //! The same code runs as PID 1 in a ward guest (reached over vsock) and on the host
 //! (reached over a Unix socket). See `docs/agent.md`.
 
+pub mod client;
 pub mod protocol;

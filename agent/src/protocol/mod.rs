@@ -2,6 +2,7 @@
 //! ttrpc bindings shared by the agent's server and the shim's client, plus the framing of
 //! the stdio stream connections that carry process I/O beside the RPCs.
 
+pub mod address;
 pub mod stream;
 
 /// Generated rust-protobuf messages.
