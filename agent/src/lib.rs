@@ -4,4 +4,6 @@
 //! (reached over a Unix socket). See `docs/agent.md`.
 
 pub mod client;
+pub mod guest;
 pub mod protocol;
+pub mod reaper;
