@@ -5,5 +5,6 @@
 
 pub mod client;
 pub mod guest;
+pub mod logger;
 pub mod protocol;
 pub mod reaper;
