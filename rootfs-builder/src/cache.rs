@@ -29,9 +29,12 @@ pub fn cache_dir() -> Result<PathBuf, Error> {
     Ok(PathBuf::from(home).join(".cache").join("ward"))
 }
 
-/// `<cache>/<kind>`, created if missing.
-pub fn subdir(kind: &str) -> Result<PathBuf, Error> {
-    let dir = cache_dir()?.join(kind);
+/// `<root>/<kind>`, created if missing; `root` defaults to [`cache_dir`].
+pub fn subdir(root: Option<&Path>, kind: &str) -> Result<PathBuf, Error> {
+    let dir = match root {
+        Some(r) => r.join(kind),
+        None => cache_dir()?.join(kind),
+    };
     fs::create_dir_all(&dir).map_err(|source| Error::CreateDir {
         path: dir.clone(),
         source,

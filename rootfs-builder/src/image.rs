@@ -168,7 +168,7 @@ pub fn build(spec: &ImageSpec) -> Result<BuiltImage, Error> {
 
     let path = match &spec.output {
         Some(p) => p.clone(),
-        None => cache::subdir("images")?.join(format!(
+        None => cache::subdir(None, "images")?.join(format!(
             "{}.oci.tar",
             manifest_digest.trim_start_matches("sha256:")
         )),

@@ -28,6 +28,8 @@ pub struct InitrdSpec {
     pub agent: PathBuf,
     /// Where to write it; `None` puts it in the cache.
     pub output: Option<PathBuf>,
+    /// Cache root when `output` is `None`; `None` means [`cache::cache_dir`].
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// A written initrd.
@@ -54,7 +56,9 @@ pub fn build(spec: &InitrdSpec) -> Result<BuiltInitrd, Error> {
     let sha256 = sha256_hex(&archive);
     let path = match &spec.output {
         Some(p) => p.clone(),
-        None => cache::subdir("initrd")?.join(format!("{sha256}.cpio.gz")),
+        None => {
+            cache::subdir(spec.cache_dir.as_deref(), "initrd")?.join(format!("{sha256}.cpio.gz"))
+        }
     };
     let cached = spec.output.is_none() && path.exists();
     if !cached {
@@ -123,6 +127,7 @@ mod tests {
         let e = build(&InitrdSpec {
             agent: "/bin/ls".into(),
             output: Some(out.clone()),
+            cache_dir: None,
         })
         .unwrap_err()
         .to_string();

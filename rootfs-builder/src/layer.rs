@@ -100,6 +100,8 @@ pub struct LayerSpec {
     pub source: PathBuf,
     /// `None` picks [`LayerFs::preferred`].
     pub fs: Option<LayerFs>,
+    /// Cache root; `None` means [`cache::cache_dir`].
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// A layer image in the cache.
@@ -135,7 +137,7 @@ pub fn build(spec: &LayerSpec) -> Result<BuiltLayer, Error> {
         return Err(Error::SourceKind { path: src.clone() });
     }
     let key = hex(&hasher.finalize());
-    let dir = cache::subdir("layers")?;
+    let dir = cache::subdir(spec.cache_dir.as_deref(), "layers")?;
     let path = dir.join(format!("{key}.{}", fs_kind.name()));
     if path.exists() {
         return Ok(BuiltLayer {

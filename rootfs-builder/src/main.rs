@@ -104,8 +104,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Layer { source, fs } => {
             let fs = fs.map(|f| f.parse()).transpose()?;
-            let built = layer::build(&layer::LayerSpec { source, fs })
-                .context("building the layer image")?;
+            let built = layer::build(&layer::LayerSpec {
+                source,
+                fs,
+                cache_dir: None,
+            })
+            .context("building the layer image")?;
             eprintln!(
                 "layer {} {}",
                 built.fs.name(),
@@ -114,8 +118,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", built.path.display());
         }
         Cmd::Initrd { agent, output } => {
-            let built = initrd::build(&initrd::InitrdSpec { agent, output })
-                .context("building the initrd")?;
+            let built = initrd::build(&initrd::InitrdSpec {
+                agent,
+                output,
+                cache_dir: None,
+            })
+            .context("building the initrd")?;
             eprintln!("initrd sha256:{} ({} bytes)", built.sha256, built.size);
             println!("{}", built.path.display());
         }
