@@ -1,10 +1,13 @@
 //! ward-rootfs end to end: the demo image imported into and run by a real containerd with
 //! runc, layer images mounted by the kernel, the initrd read back by cpio(1).
 
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use ward_rootfs::image::{self, Add, BuiltImage, ImageSpec};
+use ward_rootfs::layer::{self, LayerFs, LayerSpec};
 use ward_tests::containerd::{self, Containerd, Options};
 use ward_tests::{Need, processes_matching, require};
 
@@ -228,4 +231,231 @@ fn image_with_missing_add_fails_and_writes_nothing() {
     .to_string();
     assert!(err.contains("/nonexistent/ward-file"), "{err}");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+/// A read-only loop mount that is undone (and its loop device freed) when dropped.
+struct Mounted {
+    point: PathBuf,
+}
+
+impl Mounted {
+    fn new(source: &Path, point: &Path, fstype: &str, options: &str) -> Self {
+        std::fs::create_dir_all(point).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", fstype, "-o", options])
+            .arg(source)
+            .arg(point)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount {}: {out:?}", source.display());
+        Self {
+            point: point.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.point).status();
+    }
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: both strings are NUL-terminated; `buf` is writable for its whole length.
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(len).ok().map(|len| buf[..len].to_vec())
+}
+
+/// A layer that deletes `/etc/gone` and makes `/opq` opaque, as an OCI layer would.
+fn whiteout_source(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::create_dir_all(src.join("opq/sub")).unwrap();
+    std::fs::write(src.join("etc/keep"), "kept\n").unwrap();
+    std::fs::write(src.join("etc/.wh.gone"), "").unwrap();
+    std::fs::write(src.join("opq/.wh..wh..opq"), "").unwrap();
+    std::fs::write(src.join("opq/sub/new"), "new\n").unwrap();
+    src
+}
+
+/// Mounts `image`, checks the overlayfs form of [`whiteout_source`], then stacks it on a
+/// lower layer with overlayfs and checks what a container would see.
+fn check_whiteouts(image: &layer::BuiltLayer, work: &Path) {
+    let options = match image.fs {
+        LayerFs::Erofs => "ro,loop",
+        LayerFs::Ext4 => "ro,loop,noload",
+    };
+    let top = work.join("top");
+    let _top = Mounted::new(&image.path, &top, image.fs.name(), options);
+    let gone = std::fs::symlink_metadata(top.join("etc/gone")).unwrap();
+    assert!(gone.file_type().is_char_device(), "{gone:?}");
+    assert_eq!(gone.rdev(), 0);
+    assert!(!top.join("etc/.wh.gone").exists());
+    assert!(!top.join("opq/.wh..wh..opq").exists());
+    assert_eq!(
+        xattr(&top.join("opq"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(
+        std::fs::read_to_string(top.join("etc/keep")).unwrap(),
+        "kept\n"
+    );
+
+    let lower = work.join("lower");
+    std::fs::create_dir_all(lower.join("etc")).unwrap();
+    std::fs::create_dir_all(lower.join("opq")).unwrap();
+    std::fs::write(lower.join("etc/gone"), "old\n").unwrap();
+    std::fs::write(lower.join("opq/old"), "old\n").unwrap();
+    let merged = work.join("merged");
+    let opts = format!("ro,lowerdir={}:{}", top.display(), lower.display());
+    let _merged = Mounted::new(Path::new("overlay"), &merged, "overlay", &opts);
+    assert!(merged.join("etc/keep").exists());
+    assert!(
+        !merged.join("etc/gone").exists(),
+        "whiteout hides the lower file"
+    );
+    assert!(
+        !merged.join("opq/old").exists(),
+        "opaque dir hides the lower dir"
+    );
+    assert!(merged.join("opq/sub/new").exists());
+}
+
+#[test]
+fn layer_whiteouts_become_overlay_whiteouts() {
+    if !require("layer_whiteouts_become_overlay_whiteouts", &[Need::Root]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = whiteout_source(tmp.path());
+    // The same layer as a gzip'd tar, the way it comes out of an image.
+    let tgz = tmp.path().join("layer.tar.gz");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .arg("-czf")
+        .arg(&tgz)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for (source, fs) in [
+        (&src, LayerFs::Erofs),
+        (&tgz, LayerFs::Erofs),
+        (&src, LayerFs::Ext4),
+    ] {
+        let started = Instant::now();
+        let built = layer::build(&LayerSpec {
+            source: source.clone(),
+            fs: Some(fs),
+            cache_dir: Some(tmp.path().join("cache")),
+        })
+        .unwrap();
+        eprintln!(
+            "{} layer from {} in {:?}: {} bytes",
+            fs.name(),
+            source.display(),
+            started.elapsed(),
+            std::fs::metadata(&built.path).unwrap().len()
+        );
+        assert_eq!(built.fs, fs);
+        assert!(built.path.starts_with(tmp.path().join("cache/layers")));
+        assert_eq!(
+            built.path.file_name().unwrap().to_string_lossy(),
+            format!("{}.{}", built.key, fs.name())
+        );
+        let work = tmp.path().join(format!("work-{}", built.key));
+        check_whiteouts(&built, &work);
+    }
+    // Everything unmounted, loop devices freed.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&tmp.path().to_string_lossy().into_owned()));
+}
+
+#[test]
+fn layer_is_cached_by_content() {
+    if !require("layer_is_cached_by_content", &[Need::Root]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = whiteout_source(tmp.path());
+    let spec = LayerSpec {
+        source: src.clone(),
+        fs: None,
+        cache_dir: Some(tmp.path().join("cache")),
+    };
+    let first = layer::build(&spec).unwrap();
+    assert!(!first.cached);
+    let meta = std::fs::metadata(&first.path).unwrap();
+    let second = layer::build(&spec).unwrap();
+    assert!(second.cached, "the second build reused the image");
+    assert_eq!(first.path, second.path);
+    let again = std::fs::metadata(&second.path).unwrap();
+    assert_eq!(
+        (meta.ino(), meta.mtime_nsec()),
+        (again.ino(), again.mtime_nsec())
+    );
+
+    std::fs::write(src.join("etc/keep"), "changed\n").unwrap();
+    let third = layer::build(&spec).unwrap();
+    assert_ne!(third.path, first.path, "new content, new image");
+    // Only finished images in the cache: no staging dirs, no temporary files.
+    let mut names: Vec<_> = std::fs::read_dir(tmp.path().join("cache/layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want = vec![
+        first
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned(),
+        third
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned(),
+    ];
+    want.sort();
+    assert_eq!(names, want);
+}
+
+#[test]
+fn layer_bad_source_fails_and_leaves_no_partial_file() {
+    if !require(
+        "layer_bad_source_fails_and_leaves_no_partial_file",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let garbage = tmp.path().join("not-a-layer.tar");
+    std::fs::write(
+        &garbage,
+        "this is not a tar archive, just text\n".repeat(40),
+    )
+    .unwrap();
+    let missing = tmp.path().join("missing");
+    for source in [&garbage, &missing] {
+        let err = layer::build(&LayerSpec {
+            source: source.clone(),
+            fs: None,
+            cache_dir: Some(cache.clone()),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(&*source.to_string_lossy()), "{err}");
+    }
+    let left: Vec<_> = std::fs::read_dir(cache.join("layers"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the cache: {left:?}");
 }
