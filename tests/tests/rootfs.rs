@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use ward_rootfs::image::{self, Add, BuiltImage, ImageSpec};
+use ward_rootfs::initrd::{self, InitrdSpec};
 use ward_rootfs::layer::{self, LayerFs, LayerSpec};
 use ward_tests::containerd::{self, Containerd, Options};
 use ward_tests::{Need, processes_matching, require};
@@ -458,4 +459,125 @@ fn layer_bad_source_fails_and_leaves_no_partial_file() {
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "left in the cache: {left:?}");
+}
+
+/// `zcat <initrd> | cpio <args>`: the listing or a file, as a user would inspect it.
+fn cpio(initrd: &Path, args: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zcat '{}' | cpio --quiet {args}", initrd.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cpio {args}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn check_initrd(agent: &Path, cache: &Path) -> initrd::BuiltInitrd {
+    let started = Instant::now();
+    let built = initrd::build(&InitrdSpec {
+        agent: agent.to_path_buf(),
+        output: None,
+        cache_dir: Some(cache.to_path_buf()),
+    })
+    .unwrap();
+    eprintln!(
+        "initrd for {} ({} bytes) in {:?}: {} bytes",
+        agent.display(),
+        std::fs::metadata(agent).unwrap().len(),
+        started.elapsed(),
+        built.size
+    );
+    assert_eq!(
+        built.path,
+        cache
+            .join("initrd")
+            .join(format!("{}.cpio.gz", built.sha256))
+    );
+    let listing = cpio(&built.path, "-itv");
+    let init = listing
+        .lines()
+        .find(|l| l.ends_with(" init"))
+        .unwrap_or_else(|| panic!("no init in\n{listing}"));
+    assert!(init.starts_with("-rwxr-xr-x"), "{init}");
+    let console = listing
+        .lines()
+        .find(|l| l.ends_with(" dev/console"))
+        .unwrap();
+    assert!(console.starts_with("crw-------"), "{console}");
+    let names: Vec<&str> = listing
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "dev",
+            "dev/console",
+            "init",
+            "mnt",
+            "proc",
+            "run",
+            "sys",
+            "tmp",
+            "var"
+        ]
+    );
+    // /init is the agent, byte for byte.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zcat '{}' | cpio --quiet -i --to-stdout init | cmp - '{}'",
+            built.path.display(),
+            agent.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(out.success(), "/init differs from {}", agent.display());
+    built
+}
+
+#[test]
+fn initrd_has_the_static_binary_as_init() {
+    // busybox-static is a real static executable, as the agent must be.
+    let tmp = tempfile::tempdir().unwrap();
+    let first = check_initrd(Path::new("/bin/busybox"), tmp.path());
+    assert!(!first.cached);
+    let again = check_initrd(Path::new("/bin/busybox"), tmp.path());
+    assert!(again.cached);
+    assert_eq!(first.sha256, again.sha256, "reproducible");
+}
+
+#[test]
+fn initrd_refuses_a_dynamic_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = initrd::build(&InitrdSpec {
+        agent: "/bin/ls".into(),
+        output: None,
+        cache_dir: Some(tmp.path().to_path_buf()),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/bin/ls is dynamically linked"), "{err}");
+    assert!(err.contains("static-agent.sh"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path().join("initrd"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn static_agent_script_builds_an_agent_the_initrd_accepts() {
+    let started = Instant::now();
+    let out = Command::new(ward_tests::workspace_root().join("scripts/static-agent.sh"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let agent = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    eprintln!(
+        "static agent {} in {:?}",
+        agent.display(),
+        started.elapsed()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    check_initrd(&agent, tmp.path());
 }
