@@ -581,3 +581,64 @@ fn static_agent_script_builds_an_agent_the_initrd_accepts() {
     let tmp = tempfile::tempdir().unwrap();
     check_initrd(&agent, tmp.path());
 }
+
+#[test]
+fn containerd_finds_shims_in_extra_path_dirs() {
+    if !require("containerd_finds_shims_in_extra_path_dirs", &[Need::Root]) {
+        return;
+    }
+    // The way ward's shim will be found: a `containerd-shim-<name>-v2` in a directory the
+    // test puts on containerd's PATH. runc's shim under another name stands in for it here.
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(
+        "/usr/bin/containerd-shim-runc-v2",
+        bin.join("containerd-shim-wardtest-v2"),
+    )
+    .unwrap();
+    let built = build_image(tmp.path(), ImageSpec::default());
+    let ctrd = Containerd::start(
+        "extra-path",
+        &Options {
+            path_dirs: vec![bin],
+            runtimes: vec![containerd::Runtime {
+                name: "wardtest".into(),
+                runtime_type: "io.containerd.wardtest.v2".into(),
+                options: String::new(),
+            }],
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(ctrd.dir().join("config.toml")).unwrap();
+    assert!(
+        config.contains("runtime_type = \"io.containerd.wardtest.v2\""),
+        "{config}"
+    );
+    ctrd.import(&built.path);
+    let out = ctrd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.wardtest.v2",
+        &built.reference,
+        "via-path",
+        "echo",
+        "found",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "found\n", "{out:?}");
+    // Without the extra dir the same runtime name is unknown.
+    let plain = Containerd::start("no-extra-path", &Options::default()).unwrap();
+    plain.import(&built.path);
+    let out = plain.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.wardtest.v2",
+        &built.reference,
+        "no-path",
+        "true",
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+}
