@@ -192,8 +192,9 @@ fn stage_err(path: &Path, source: io::Error) -> Error {
     }
 }
 
-/// Feeds a sorted walk of `dir` into `h`: names, types, modes, owners, device numbers, link
-/// targets and contents — everything that ends up in the image.
+/// Feeds a sorted walk of `dir` into `h`: names, types, modes, owners, device numbers,
+/// xattrs, link targets and contents — everything that ends up in the image. containerd's
+/// overlay snapshots are already in overlayfs form, so their opaque xattrs must count.
 fn hash_dir(base: &Path, rel: &Path, h: &mut Sha256) -> io::Result<()> {
     let mut names: Vec<_> = fs::read_dir(base.join(rel))?
         .map(|e| e.map(|e| e.file_name()))
@@ -205,6 +206,12 @@ fn hash_dir(base: &Path, rel: &Path, h: &mut Sha256) -> io::Result<()> {
         let m = fs::symlink_metadata(&path)?;
         h.update(rel.as_os_str().as_bytes());
         h.update(format!("\0{:o}\0{}\0{}\0{}\0", m.mode(), m.uid(), m.gid(), m.rdev()).as_bytes());
+        for (name, value) in xattrs(&path)? {
+            h.update(&name);
+            h.update([b'=']);
+            h.update(&value);
+            h.update([0]);
+        }
         let ft = m.file_type();
         if ft.is_symlink() {
             h.update(fs::read_link(&path)?.as_os_str().as_bytes());
@@ -328,6 +335,42 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The extended attributes of `path` (not following symlinks), sorted by name.
+fn xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut names = vec![0u8; 4096];
+    // SAFETY: `c` is NUL-terminated; `names` is writable for its whole length.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    let Ok(len) = usize::try_from(len) else {
+        let err = io::Error::last_os_error();
+        // Filesystems without xattrs have nothing to hash.
+        return if err.raw_os_error() == Some(libc::ENOTSUP) {
+            Ok(Vec::new())
+        } else {
+            Err(err)
+        };
+    };
+    let mut out = Vec::new();
+    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let n = CString::new(name).map_err(io::Error::other)?;
+        let mut value = vec![0u8; 65536];
+        // SAFETY: both strings are NUL-terminated; `value` is writable for its whole length.
+        let vlen = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                n.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        let vlen = usize::try_from(vlen).map_err(|_| io::Error::last_os_error())?;
+        value.truncate(vlen);
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// `true` when `path` is an overlayfs whiteout (a 0:0 character device).
 pub fn is_whiteout(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
@@ -434,6 +477,10 @@ mod tests {
         let first = hash();
         assert_eq!(first, hash());
         fs::write(d.path().join("a"), "2").unwrap();
-        assert_ne!(first, hash());
+        let second = hash();
+        assert_ne!(first, second);
+        if set_xattr(&d.path().join("a"), "user.ward", b"1").is_ok() {
+            assert_ne!(second, hash(), "xattrs count");
+        }
     }
 }

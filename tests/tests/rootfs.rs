@@ -642,3 +642,48 @@ fn containerd_finds_shims_in_extra_path_dirs() {
     ]);
     assert!(!out.status.success(), "{out:?}");
 }
+
+#[test]
+fn layer_keeps_sources_already_in_overlay_form() {
+    if !require("layer_keeps_sources_already_in_overlay_form", &[Need::Root]) {
+        return;
+    }
+    // containerd's overlay snapshots hold whiteouts as 0:0 devices and opaque xattrs already:
+    // the shim turns those directories into layer images as they are.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("snapshot");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::create_dir_all(src.join("opq/sub")).unwrap();
+    std::fs::write(src.join("etc/keep"), "kept\n").unwrap();
+    std::fs::write(src.join("opq/sub/new"), "new\n").unwrap();
+    let st = Command::new("mknod")
+        .arg(src.join("etc/gone"))
+        .args(["c", "0", "0"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let spec = LayerSpec {
+        source: src.clone(),
+        fs: Some(LayerFs::Erofs),
+        cache_dir: Some(tmp.path().join("cache")),
+    };
+    let plain = layer::build(&spec).unwrap();
+    let p = std::ffi::CString::new(src.join("opq").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: NUL-terminated strings and a 1-byte value that outlive the call.
+    let rc = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            c"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let built = layer::build(&spec).unwrap();
+    assert_ne!(
+        plain.path, built.path,
+        "the opaque xattr is part of the content"
+    );
+    check_whiteouts(&built, &tmp.path().join("work"));
+}
