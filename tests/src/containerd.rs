@@ -254,7 +254,7 @@ impl Containerd {
 
     fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        let pid = nix_pid(&child);
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -271,13 +271,14 @@ impl Containerd {
     }
 }
 
-fn nix_pid(child: &Child) -> libc::pid_t {
-    libc::pid_t::try_from(child.id()).expect("pid fits pid_t")
-}
-
 impl Drop for Containerd {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        // Only a live containerd can delete its tasks; a dead one would make every ctr wait.
+        let alive = self
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()));
+        if alive {
             for task in self.ids("tasks") {
                 let _ = self.ctr_timeout(
                     &["tasks", "delete", "--force", &task],

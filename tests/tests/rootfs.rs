@@ -687,3 +687,33 @@ fn layer_keeps_sources_already_in_overlay_form() {
     );
     check_whiteouts(&built, &tmp.path().join("work"));
 }
+
+#[test]
+fn containerd_start_failure_is_reported_and_cleaned_up() {
+    if !require(
+        "containerd_start_failure_is_reported_and_cleaned_up",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let err = Containerd::start(
+        "bad-config",
+        &Options {
+            extra_config: "[this is not toml\n".into(),
+            ..Options::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("containerd exited at start"), "{err}");
+    assert!(
+        err.contains("toml"),
+        "containerd's own words are included: {err}"
+    );
+    let left: Vec<_> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ward-ctrd-bad-config-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
