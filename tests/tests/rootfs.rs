@@ -67,6 +67,12 @@ fn image_runs_under_containerd_with_runc() {
         "uid=0(root) gid=0(root) groups=0(root)",
         "{out:?}"
     );
+    let out = run_ctr(&ctrd, &built.reference, "id-user", &["id", "user"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "uid=1000(user) gid=1000(user) groups=1000(user)",
+        "{out:?}"
+    );
     // --rm removed everything the runs created.
     assert_eq!(ctrd.ctr_ok(&["containers", "ls", "-q"]), "");
 }
