@@ -723,3 +723,55 @@ fn containerd_start_failure_is_reported_and_cleaned_up() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn image_archive_is_read_by_skopeo_and_umoci() {
+    if !require("image_archive_is_read_by_skopeo_and_umoci", &[Need::Root]) {
+        return;
+    }
+    // Two other OCI implementations agree with containerd: skopeo finds the manifest by the
+    // archive's index, umoci finds it by the ref.name tag and checks every digest unpacking.
+    let tmp = tempfile::tempdir().unwrap();
+    let built = build_image(tmp.path(), ImageSpec::default());
+    let out = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", built.path.display()))
+        .output()
+        .expect("skopeo is installed");
+    let inspect = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(inspect.contains(&built.manifest_digest), "{inspect}");
+
+    let layout = tmp.path().join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-xf")
+        .arg(&built.path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bundle = tmp.path().join("bundle");
+    let out = Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:latest", layout.display()))
+        .arg(&bundle)
+        .output()
+        .expect("umoci is installed");
+    assert!(out.status.success(), "{out:?}");
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        std::fs::read_link(rootfs.join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    assert_eq!(
+        std::fs::metadata(rootfs.join("home/user")).unwrap().uid(),
+        1000
+    );
+    assert_eq!(
+        std::fs::metadata(rootfs.join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
+}
