@@ -775,3 +775,60 @@ fn image_archive_is_read_by_skopeo_and_umoci() {
         0o1777
     );
 }
+
+#[test]
+fn layer_builds_racing_for_one_source_agree() {
+    if !require("layer_builds_racing_for_one_source_agree", &[Need::Root]) {
+        return;
+    }
+    // Sandboxes starting together convert the same layer together: each gets the same
+    // complete image, a watcher never sees a partial one, and no temporary file remains.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = whiteout_source(tmp.path());
+    std::fs::copy("/bin/busybox", src.join("busybox")).unwrap();
+    let cache = tmp.path().join("cache");
+    let spec = LayerSpec {
+        source: src,
+        fs: Some(LayerFs::Erofs),
+        cache_dir: Some(cache.clone()),
+    };
+    let reference = layer::build(&LayerSpec {
+        cache_dir: Some(tmp.path().join("reference")),
+        ..spec.clone()
+    })
+    .unwrap();
+    let want = std::fs::read(&reference.path).unwrap();
+    let final_path = cache
+        .join("layers")
+        .join(reference.path.file_name().unwrap());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let built = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut seen = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(bytes) = std::fs::read(&final_path) {
+                    assert_eq!(bytes.len(), want.len(), "partial image visible");
+                    seen += 1;
+                }
+            }
+            seen
+        });
+        let builders: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| layer::build(&spec).unwrap()))
+            .collect();
+        let built: Vec<_> = builders.into_iter().map(|h| h.join().unwrap()).collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("watcher read the image {} times", watcher.join().unwrap());
+        built
+    });
+    for b in &built {
+        assert_eq!(b.path, final_path);
+    }
+    // Reproducible: a build in another cache wrote the very same bytes.
+    assert_eq!(std::fs::read(&final_path).unwrap(), want);
+    let names: Vec<_> = std::fs::read_dir(cache.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, [final_path.file_name().unwrap()]);
+}
