@@ -832,3 +832,35 @@ fn layer_builds_racing_for_one_source_agree() {
         .collect();
     assert_eq!(names, [final_path.file_name().unwrap()]);
 }
+
+#[test]
+fn containerd_with_cri_accepts_extra_runtimes() {
+    if !require("containerd_with_cri_accepts_extra_runtimes", &[Need::Root]) {
+        return;
+    }
+    // Kubernetes reaches a runtime through the CRI plugin's runtime table: the entries the
+    // harness writes must be ones CRI loads.
+    let ctrd = Containerd::start(
+        "cri",
+        &Options {
+            cri: true,
+            runtimes: vec![containerd::Runtime {
+                name: "ward".into(),
+                runtime_type: "io.containerd.ward.v2".into(),
+                options: "  ConfigPath = \"/etc/ward/config.toml\"".into(),
+            }],
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let plugins = ctrd.ctr_ok(&["plugins", "ls"]);
+    let cri = plugins
+        .lines()
+        .find(|l| l.contains("io.containerd.grpc.v1") && l.contains(" cri "))
+        .unwrap_or_else(|| panic!("no CRI plugin in\n{plugins}"));
+    assert!(cri.trim_end().ends_with("ok"), "{cri}\n{}", ctrd.log());
+    assert!(
+        ctrd.log().contains("io.containerd.ward.v2"),
+        "CRI config logged the runtime"
+    );
+}
