@@ -6,6 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod containerd;
+pub use containerd::Containerd;
+
 /// What a test needs from the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
