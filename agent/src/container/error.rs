@@ -16,11 +16,8 @@ pub enum Error {
     },
     #[error("container {id}: rootfs {path} does not exist or is not a directory")]
     MissingRootfs { id: String, path: PathBuf },
-    #[error("loading OCI spec from {path}: {source}")]
-    LoadSpec {
-        path: PathBuf,
-        source: oci_spec::OciSpecError,
-    },
+    #[error("loading OCI spec from {path}: {reason}")]
+    LoadSpec { path: PathBuf, reason: String },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,

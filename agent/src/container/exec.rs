@@ -108,21 +108,18 @@ pub(crate) fn run(
             proto(format!("sending exec config: {e}")),
         ));
     }
-    let mut pid = None;
+    // Read to EOF (helper exited, process exec'd or died): the pid and an error may come in
+    // either order, from two processes.
+    let (mut pid, mut failure) = (None, None);
     loop {
         match recv::<FromInit>(&mut helper.sock) {
             Ok(Some(FromInit::Pid(p))) => pid = Some(p),
-            // EOF: helper gone and the process exec'd (its copy of the socket closed on exec).
             Ok(None) => break,
             Ok(Some(FromInit::Error(message))) => {
-                return Err(abort(
-                    &mut helper,
-                    pid,
-                    Error::Init {
-                        id: id.into(),
-                        message,
-                    },
-                ));
+                failure = Some(Error::Init {
+                    id: id.into(),
+                    message,
+                });
             }
             Ok(Some(other)) => {
                 return Err(abort(
@@ -139,6 +136,9 @@ pub(crate) fn run(
                 ));
             }
         }
+    }
+    if let Some(e) = failure {
+        return Err(abort(&mut helper, pid, e));
     }
     let _ = helper.child.wait();
     let pid = pid.ok_or_else(|| proto("exec helper exited without a pid".into()))?;

@@ -261,8 +261,10 @@ impl Container {
         };
         send(&mut helper.sock, &ToInit::Config(Box::new(config)))
             .map_err(|e| proto(format!("sending config: {e}")))?;
-        let mut pid = None;
-        loop {
+        // The helper (Pid) and the container process (Ready, Error) write to the same
+        // socket from two processes: take the messages in whatever order they come.
+        let (mut pid, mut ready, mut failure) = (None, false, None);
+        while !(ready && pid.is_some()) {
             match recv::<FromInit>(&mut helper.sock)
                 .map_err(|e| proto(format!("reading from init: {e}")))?
             {
@@ -275,25 +277,27 @@ impl Container {
                     pid = Some(p);
                     cleanup.pids.push(p);
                 }
-                Some(FromInit::Ready) => break,
-                Some(FromInit::Error(message)) => {
-                    return Err(Error::Init {
-                        id: id.clone(),
-                        message,
-                    });
-                }
-                None => {
-                    let status = helper.child.wait().ok();
-                    return Err(proto(format!(
-                        "init exited before the rootfs was ready ({status:?})"
-                    )));
-                }
+                Some(FromInit::Ready) => ready = true,
+                // Keep reading until EOF: the pid may still come, and cleanup must reap it.
+                Some(FromInit::Error(message)) => failure = Some(message),
+                None => break,
             }
         }
+        if let Some(message) = failure {
+            return Err(Error::Init {
+                id: id.clone(),
+                message,
+            });
+        }
+        let (true, Some(pid)) = (ready, pid) else {
+            let status = helper.child.wait().ok();
+            return Err(proto(format!(
+                "init exited before the rootfs was ready ({status:?})"
+            )));
+        };
         // The helper exits right after reporting the pid; reap it.
         let _ = helper.child.wait();
         cleanup.pids.retain(|p| *p != helper_pid);
-        let pid = pid.ok_or_else(|| proto("init reported ready without a pid".into()))?;
 
         let container = Self {
             id,

@@ -79,9 +79,12 @@ impl CreateOptions {
     pub fn from_bundle(id: impl Into<String>, bundle: impl AsRef<Path>) -> Result<Self> {
         let bundle = bundle.as_ref();
         let config = bundle.join("config.json");
-        let spec = Spec::load(&config).map_err(|source| Error::LoadSpec {
-            path: config,
-            source,
+        // serde_json directly: its errors name the field, the bad value and the line, where
+        // oci-spec's loader only says "serde failed".
+        let text = std::fs::read_to_string(&config).map_err(|e| Error::io("read", &config, e))?;
+        let spec: Spec = serde_json::from_str(&text).map_err(|e| Error::LoadSpec {
+            path: config.clone(),
+            reason: e.to_string(),
         })?;
         Ok(Self {
             id: id.into(),
