@@ -1,0 +1,125 @@
+//! Root tests of resource limits on the host's cgroups: memory (OOM kill), pids, cpu quota,
+//! freezer, stats.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Bundle, default_spec, require_root, run, spec};
+use ward_agent::container::Container;
+
+#[test]
+fn memory_limit_oom_kills_and_counts() {
+    if !require_root("memory_limit_oom_kills_and_counts") {
+        return;
+    }
+    let b = Bundle::new("oom");
+    let mut s = default_spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+    s["linux"]["resources"]["memory"] = serde_json::json!({ "limit": 32 << 20, "swap": 32 << 20 });
+    let out = run(b.options(spec(s)));
+    assert_eq!(
+        (out.status.code, out.status.signal),
+        (137, Some(9)),
+        "{out:?}"
+    );
+    assert!(out.status.oom_killed, "{out:?}");
+    assert_eq!(out.oom_count, 1);
+}
+
+#[test]
+fn pids_limit_stops_forks() {
+    if !require_root("pids_limit_stops_forks") {
+        return;
+    }
+    let b = Bundle::new("pids");
+    let mut s = default_spec(&[
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1 & done; wait; echo end",
+    ]);
+    s["linux"]["resources"]["pids"] = serde_json::json!({ "limit": 5 });
+    let out = run(b.options(spec(s)));
+    // busybox sh treats a failed fork as fatal: the loop never reaches "end".
+    assert!(
+        out.stderr
+            .contains("can't fork: Resource temporarily unavailable"),
+        "{out:?}"
+    );
+    assert_ne!(out.status.code, 0);
+    assert_eq!(out.stdout, "");
+}
+
+#[test]
+fn cpu_quota_caps_a_busy_loop() {
+    if !require_root("cpu_quota_caps_a_busy_loop") {
+        return;
+    }
+    let b = Bundle::new("cpu");
+    let mut s = default_spec(&["sh", "-c", "while :; do :; done"]);
+    s["linux"]["resources"]["cpu"] = serde_json::json!({ "quota": 20000, "period": 100_000 });
+    let mut c = Container::create(b.options(spec(s))).unwrap();
+    c.start().unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // settle
+    let (t0, u0) = (Instant::now(), c.stats().unwrap().cpu_usage_ns);
+    std::thread::sleep(Duration::from_secs(2));
+    let stats = c.stats().unwrap();
+    let share = (stats.cpu_usage_ns - u0) as f64 / t0.elapsed().as_nanos() as f64;
+    eprintln!(
+        "cpu share at quota 0.2: {share:.3}, throttled periods {}",
+        stats.cpu_throttled_periods
+    );
+    // The quota caps the share at 0.2; the lower bound leaves room for a busy machine
+    // (2 cores shared with parallel tests and builds).
+    assert!((0.08..=0.25).contains(&share), "share {share}");
+    assert!(stats.cpu_throttled_periods > 0);
+    c.delete().unwrap();
+    assert!(
+        common::leftovers(&b.id, b.path()).is_empty(),
+        "{:?}",
+        common::leftovers(&b.id, b.path())
+    );
+}
+
+#[test]
+fn pause_stops_a_counter_and_resume_restarts_it() {
+    if !require_root("pause_stops_a_counter_and_resume_restarts_it") {
+        return;
+    }
+    let b = Bundle::new("pause");
+    let s = default_spec(&[
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; done",
+    ]);
+    let mut c = Container::create(b.options(spec(s))).unwrap();
+    c.start().unwrap();
+    let counter = format!("/proc/{}/root/tmp/n", c.pid().unwrap());
+    let read = || -> u64 {
+        std::fs::read_to_string(&counter)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(read() > 0);
+    c.pause().unwrap();
+    let frozen = read();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read(), frozen, "counter moved while paused");
+    c.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(read() > frozen, "counter did not move after resume");
+    // Stats reflect the live container.
+    let st = c.stats().unwrap();
+    assert!(
+        st.pids_current >= 1 && st.memory_usage > 0 && st.cpu_usage_ns > 0,
+        "{st:?}"
+    );
+    c.pause().unwrap();
+    c.delete().unwrap(); // a paused container can be deleted
+    assert!(
+        common::leftovers(&b.id, b.path()).is_empty(),
+        "{:?}",
+        common::leftovers(&b.id, b.path())
+    );
+}

@@ -1,0 +1,48 @@
+//! Root test: exec into a running container with another user, env and cwd.
+
+mod common;
+
+use common::{Bundle, default_spec, require_root, spec};
+use nix::sys::signal::Signal;
+use oci_spec::runtime::Process;
+use ward_agent::container::{Container, Stdio};
+
+#[test]
+fn exec_with_another_user_and_env() {
+    if !require_root("exec_with_another_user_and_env") {
+        return;
+    }
+    let b = Bundle::new("exec");
+    let mut c = Container::create(b.options(spec(default_spec(&["sleep", "100"])))).unwrap();
+    c.start().unwrap();
+    let process: Process = serde_json::from_value(serde_json::json!({
+        "user": { "uid": 1000, "gid": 1000 },
+        "args": ["sh", "-c", "id -u; echo $FOO; pwd; cat /proc/1/comm; hostname"],
+        "env": ["PATH=/bin", "FOO=bar"],
+        "cwd": "/tmp"
+    }))
+    .unwrap();
+    let mut p = c.exec(&process, Stdio::Pipes).unwrap();
+    let io = p.take_io().unwrap();
+    let (out, err) = (common::drain(io.stdout), common::drain(io.stderr));
+    let st = p.wait().unwrap();
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    assert_eq!(st.code, 0, "{err}");
+    // Same PID namespace as the container (PID 1 is its sleep), same hostname.
+    assert_eq!(out, "1000\nbar\n/tmp\nsleep\nward\n", "stderr: {err}");
+
+    // An exec of a missing binary fails with a clear error.
+    let mut bad = process.clone();
+    bad.set_args(Some(vec!["/no/such".into()]));
+    let err = c.exec(&bad, Stdio::Null).unwrap_err().to_string();
+    assert!(err.contains("/no/such"), "{err}");
+
+    c.signal(Signal::SIGKILL, true).unwrap();
+    assert_eq!(c.wait().unwrap().code, 137);
+    c.delete().unwrap();
+    assert!(
+        common::leftovers(&b.id, b.path()).is_empty(),
+        "{:?}",
+        common::leftovers(&b.id, b.path())
+    );
+}

@@ -1,0 +1,172 @@
+//! Root tests: what a process inside a container can see and do — namespaces, masked and
+//! read-only paths, user and capabilities, seccomp, terminal.
+
+mod common;
+
+use std::io::Read;
+
+use common::{Bundle, default_spec, require_root, run, spec};
+use ward_agent::container::{Container, Stdio};
+
+#[test]
+fn namespaces_are_isolated() {
+    if !require_root("namespaces_are_isolated") {
+        return;
+    }
+    let b = Bundle::new("ns");
+    let kinds = ["pid", "mnt", "uts", "ipc", "net", "cgroup"];
+    let script = format!(
+        "for n in {}; do readlink /proc/self/ns/$n; done; echo ---; ps -o pid,comm; echo ---; hostname",
+        kinds.join(" ")
+    );
+    let out = run(b.options(spec(default_spec(&["sh", "-c", &script]))));
+    assert_eq!(out.status.code, 0, "{out:?}");
+    let parts: Vec<&str> = out.stdout.split("---\n").collect();
+    assert_eq!(parts.len(), 3, "{out:?}");
+    for (kind, inside) in kinds.iter().zip(parts[0].lines()) {
+        let host = std::fs::read_link(format!("/proc/self/ns/{kind}")).unwrap();
+        assert_ne!(
+            inside,
+            host.to_string_lossy(),
+            "{kind} namespace is the host's"
+        );
+    }
+    // Only the shell (PID 1) and ps itself.
+    let ps: Vec<&str> = parts[1].lines().skip(1).collect();
+    assert_eq!(ps.len(), 2, "ps saw {ps:?}");
+    assert!(ps[0].trim().starts_with("1 "), "{ps:?}");
+    assert_eq!(parts[2].trim(), "ward");
+}
+
+#[test]
+fn masked_and_readonly_paths() {
+    if !require_root("masked_and_readonly_paths") {
+        return;
+    }
+    let b = Bundle::new("masks");
+    std::fs::create_dir_all(b.rootfs().join("secret")).unwrap();
+    std::fs::write(b.rootfs().join("secret/key"), "hunter2").unwrap();
+    std::fs::write(b.rootfs().join("etc/token"), "t0ken").unwrap();
+    let mut s = default_spec(&[
+        "sh",
+        "-c",
+        "ls /secret | wc -l; cat /etc/token | wc -c; cat /proc/kcore | wc -c; \
+         echo 1 > /proc/sys/kernel/ns_last_pid && echo WROTE; touch /newfile && echo TOUCHED; echo done",
+    ]);
+    s["linux"]["maskedPaths"].as_array_mut().unwrap().extend([
+        serde_json::json!("/secret"),
+        serde_json::json!("/etc/token"),
+    ]);
+    s["root"]["readonly"] = serde_json::json!(true);
+    let out = run(b.options(spec(s)));
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines, ["0", "0", "0", "done"], "{out:?}");
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    assert_eq!(
+        out.stderr.matches("Read-only file system").count(),
+        2,
+        "{out:?}"
+    );
+    // The host's files are untouched.
+    assert_eq!(
+        std::fs::read_to_string(b.rootfs().join("secret/key")).unwrap(),
+        "hunter2"
+    );
+}
+
+#[test]
+fn user_groups_and_capabilities() {
+    if !require_root("user_groups_and_capabilities") {
+        return;
+    }
+    let b = Bundle::new("user");
+    let mut s = default_spec(&["sh", "-c", "id; grep CapEff /proc/self/status"]);
+    s["process"]["user"] = serde_json::json!({ "uid": 1000, "gid": 1000, "additionalGids": [10] });
+    let out = run(b.options(spec(s)));
+    assert_eq!(out.status.code, 0, "{out:?}");
+    let mut lines = out.stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("uid=1000(user) gid=1000(user) groups=10(wheel)"),
+        "{out:?}"
+    );
+    // A non-root user keeps only the ambient set (none raised here: not inheritable).
+    assert_eq!(
+        lines
+            .next()
+            .map(str::split_whitespace)
+            .and_then(|mut w| w.nth(1)),
+        Some("0000000000000000")
+    );
+
+    // Root without CAP_SYS_ADMIN cannot change the hostname of its own UTS namespace,
+    // nor chown without CAP_CHOWN.
+    let b = Bundle::new("caps");
+    let out = run(b.options(spec(default_spec(&[
+        "sh",
+        "-c",
+        "hostname other; touch /tmp/f; chown 5 /tmp/f; grep CapEff /proc/self/status",
+    ]))));
+    assert!(
+        out.stderr
+            .contains("hostname: sethostname: Operation not permitted"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("chown: /tmp/f: Operation not permitted"),
+        "{out:?}"
+    );
+    // CAP_KILL (5), CAP_NET_BIND_SERVICE (10), CAP_AUDIT_WRITE (29).
+    assert!(out.stdout.contains("0000000020000420"), "{out:?}");
+}
+
+#[test]
+fn seccomp_returns_the_spec_errno() {
+    if !require_root("seccomp_returns_the_spec_errno") {
+        return;
+    }
+    let b = Bundle::new("seccomp");
+    let mut s = default_spec(&["sh", "-c", "mkdir /tmp/d; echo rc=$?; ls -d /tmp"]);
+    s["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{ "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 122 }]
+    });
+    let out = run(b.options(spec(s)));
+    assert!(
+        out.stderr.contains("Disk quota exceeded"),
+        "EDQUOT (122) expected: {out:?}"
+    );
+    assert_eq!(out.stdout, "rc=1\n/tmp\n");
+}
+
+#[test]
+fn terminal_mode_gives_a_pty() {
+    if !require_root("terminal_mode_gives_a_pty") {
+        return;
+    }
+    let b = Bundle::new("pty");
+    let mut s = default_spec(&[
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo isatty; stty size; read line; echo got:$line",
+    ]);
+    s["process"]["terminal"] = serde_json::json!(true);
+    let mut opts = b.options(spec(s));
+    opts.stdio = Stdio::Terminal;
+    let mut c = Container::create(opts).unwrap();
+    let io = c.take_io().unwrap();
+    let mut master = io.terminal.expect("a pty master");
+    assert!(io.stdout.is_none());
+    c.start().unwrap();
+    std::io::Write::write_all(&mut master, b"hello\n").unwrap();
+    let status = c.wait().unwrap();
+    let mut out = Vec::new();
+    let _ = master.read_to_end(&mut out); // EIO once the slave side is gone
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status.code, 0, "{out}");
+    assert!(out.contains("isatty"), "{out}");
+    assert!(out.contains("got:hello"), "{out}");
+    c.delete().unwrap();
+}

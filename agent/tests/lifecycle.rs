@@ -1,0 +1,50 @@
+//! Root tests of the container lifecycle on the host kernel: exit codes, signals, state.
+
+mod common;
+
+use common::{Bundle, default_spec, require_root, run, spec};
+use nix::sys::signal::Signal;
+use ward_agent::container::{Container, Status};
+
+#[test]
+fn exit_code_is_reported() {
+    if !require_root("exit_code_is_reported") {
+        return;
+    }
+    let b = Bundle::new("exit42");
+    let out = run(b.options(spec(default_spec(&[
+        "sh",
+        "-c",
+        "echo hello; echo oops >&2; exit 42",
+    ]))));
+    assert_eq!(out.status.code, 42, "{out:?}");
+    assert_eq!(out.stdout, "hello\n");
+    assert_eq!(out.stderr, "oops\n");
+    assert!(
+        common::leftovers(&b.id, b.path()).is_empty(),
+        "{:?}",
+        common::leftovers(&b.id, b.path())
+    );
+}
+
+#[test]
+fn sigkill_is_137_and_state_follows() {
+    if !require_root("sigkill_is_137_and_state_follows") {
+        return;
+    }
+    let b = Bundle::new("sigkill");
+    let mut c = Container::create(b.options(spec(default_spec(&["sleep", "100"])))).unwrap();
+    assert_eq!(c.state().status, Status::Created);
+    c.start().unwrap();
+    assert_eq!(c.state().status, Status::Running);
+    c.signal(Signal::SIGKILL, false).unwrap();
+    let st = c.wait().unwrap();
+    assert_eq!((st.code, st.signal, st.oom_killed), (137, Some(9), false));
+    assert_eq!(c.state().status, Status::Stopped);
+    c.delete().unwrap();
+    assert!(
+        common::leftovers(&b.id, b.path()).is_empty(),
+        "{:?}",
+        common::leftovers(&b.id, b.path())
+    );
+}

@@ -1,0 +1,74 @@
+//! Root test: a container on read-only layers stacked with overlayfs; writes land in the
+//! upper layer only.
+
+mod common;
+
+use std::os::unix::fs::FileTypeExt;
+
+use common::{Bundle, default_spec, require_root, spec};
+use ward_agent::container::{Container, Rootfs};
+
+#[test]
+fn overlay_copy_on_write_and_whiteouts() {
+    if !require_root("overlay_copy_on_write_and_whiteouts") {
+        return;
+    }
+    let b = Bundle::new("overlay");
+    // Two layers: busybox at the bottom (the bundle's rootfs), data on top.
+    let top = b.path().join("layer-data");
+    std::fs::create_dir_all(top.join("data")).unwrap();
+    std::fs::write(top.join("data/file"), "lower\n").unwrap();
+    std::fs::write(top.join("data/gone"), "bye\n").unwrap();
+    let scratch = b.path().join("scratch");
+
+    let mut opts = b.options(spec(default_spec(&["sh", "-c", "cat /data/file; echo new > /data/file; rm /data/gone; echo x > /data/created; cat /data/file; ls /data"])));
+    opts.rootfs = Some(Rootfs::Layers {
+        lower: vec![top.clone(), b.rootfs()],
+        scratch: scratch.clone(),
+    });
+    let mut c = Container::create(opts).unwrap();
+    let io = c.take_io().unwrap();
+    let out = common::drain(io.stdout);
+    let err = common::drain(io.stderr);
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap().code, 0);
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    assert_eq!(out, "lower\nnew\ncreated\nfile\n", "stderr: {err}");
+
+    let upper = scratch.join("upper/data");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("file")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("created")).unwrap(),
+        "x\n"
+    );
+    let whiteout = std::fs::symlink_metadata(upper.join("gone")).unwrap();
+    assert!(
+        whiteout.file_type().is_char_device(),
+        "a deleted lower file is a 0:0 char device in the upper"
+    );
+    // The layers are untouched.
+    assert_eq!(
+        std::fs::read_to_string(top.join("data/file")).unwrap(),
+        "lower\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(top.join("data/gone")).unwrap(),
+        "bye\n"
+    );
+    assert!(!top.join("data/created").exists());
+
+    c.delete().unwrap();
+    assert!(
+        !scratch.join("upper").exists()
+            && !scratch.join("work").exists()
+            && !scratch.join("rootfs").exists()
+    );
+    assert!(
+        common::leftovers(&b.id, b.path()).is_empty(),
+        "{:?}",
+        common::leftovers(&b.id, b.path())
+    );
+}
