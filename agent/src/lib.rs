@@ -9,3 +9,4 @@ pub mod guest;
 pub mod logger;
 pub mod protocol;
 pub mod reaper;
+pub mod server;

@@ -23,7 +23,12 @@ impl Log for Stderr {
                 Level::Debug => "debug",
                 Level::Trace => "trace",
             };
-            let _ = writeln!(std::io::stderr(), "{}{level}: {}", self.prefix, record.args());
+            let _ = writeln!(
+                std::io::stderr(),
+                "{}{level}: {}",
+                self.prefix,
+                record.args()
+            );
         }
     }
 
@@ -36,7 +41,11 @@ pub fn init(in_guest: bool) {
         .ok()
         .and_then(|l| l.parse::<LevelFilter>().ok())
         .unwrap_or(LevelFilter::Info);
-    let prefix = if in_guest { "ward-agent[guest] " } else { "ward-agent " };
+    let prefix = if in_guest {
+        "ward-agent[guest] "
+    } else {
+        "ward-agent "
+    };
     let logger: &'static Stderr = Box::leak(Box::new(Stderr { prefix }));
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);

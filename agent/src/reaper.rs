@@ -25,19 +25,22 @@ pub struct Exit {
     pub pid: i32,
     /// The exit code, or 128 + signal number when a signal killed it (shell convention).
     pub status: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
     pub at: SystemTime,
 }
 
 impl Exit {
     fn from_wait(status: WaitStatus) -> Option<Self> {
-        let (pid, code) = match status {
-            WaitStatus::Exited(pid, code) => (pid, code),
-            WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32),
+        let (pid, code, signal) = match status {
+            WaitStatus::Exited(pid, code) => (pid, code, None),
+            WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32, Some(sig as i32)),
             _ => return None,
         };
         Some(Self {
             pid: pid.as_raw(),
             status: code,
+            signal,
             at: SystemTime::now(),
         })
     }
