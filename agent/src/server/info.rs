@@ -2,12 +2,10 @@
 
 use crate::protocol::agent::GuestInfoResponse;
 
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
 /// 2 when /sys/fs/cgroup is the unified hierarchy, 1 otherwise.
 pub fn cgroup_version() -> u32 {
     match nix::sys::statfs::statfs("/sys/fs/cgroup") {
-        Ok(fs) if fs.filesystem_type().0 == CGROUP2_SUPER_MAGIC => 2,
+        Ok(fs) if fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => 2,
         _ => 1,
     }
 }
