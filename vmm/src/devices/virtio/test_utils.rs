@@ -2,9 +2,9 @@
 //! virtio-queue's mock, with explicit control over every descriptor (so tests can build the
 //! malformed chains a hostile guest would).
 
-use virtio_queue::Queue;
 use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{GuestMemory, VirtioDevice, features};
@@ -44,9 +44,14 @@ pub fn w(addr: u64, len: u32) -> Desc {
 }
 
 /// The driver side of one split queue.
+///
+/// The used ring is placed here rather than where `MockSplitQueue` puts it: the mock computes
+/// the end of the avail ring in elements instead of bytes, so its used ring overlaps the upper
+/// half of the avail ring once more than half the entries have been offered.
 pub struct TestQueue<'a> {
     pub mock: MockSplitQueue<'a, GuestMemory>,
     mem: &'a GuestMemory,
+    used_addr: u64,
     size: u16,
     next_desc: u16,
     avail_idx: u16,
@@ -54,9 +59,14 @@ pub struct TestQueue<'a> {
 
 impl<'a> TestQueue<'a> {
     pub fn new(mem: &'a GuestMemory, base: u64, size: u16) -> Self {
+        let mock = MockSplitQueue::create(mem, GuestAddress(base), size);
+        // Avail ring: flags, idx, ring, used_event.
+        let avail_end = mock.avail_addr().0 + 6 + 2 * u64::from(size);
+        let used_addr = (avail_end + 3) & !3;
         Self {
-            mock: MockSplitQueue::create(mem, GuestAddress(base), size),
+            mock,
             mem,
+            used_addr,
             size,
             next_desc: 0,
             avail_idx: 0,
@@ -64,7 +74,12 @@ impl<'a> TestQueue<'a> {
     }
 
     pub fn queue(&self) -> Queue {
-        self.mock.create_queue::<Queue>().unwrap()
+        let mut q = self.mock.create_queue::<Queue>().unwrap();
+        q.set_used_ring_address(
+            Some(self.used_addr as u32),
+            Some((self.used_addr >> 32) as u32),
+        );
+        q
     }
 
     /// Writes a raw descriptor at `index`.
@@ -104,19 +119,15 @@ impl<'a> TestQueue<'a> {
     }
 
     pub fn used_idx(&self) -> u16 {
-        self.mock.used().idx().load()
+        self.mem.read_obj(GuestAddress(self.used_addr + 2)).unwrap()
     }
 
     /// (descriptor id, bytes written) of used element `i`.
     pub fn used(&self, i: u16) -> (u32, u32) {
-        let e = self
-            .mock
-            .used()
-            .ring()
-            .ref_at(usize::from(i % self.size))
-            .unwrap()
-            .load();
-        (e.id(), e.len())
+        let at = self.used_addr + 4 + 8 * u64::from(i % self.size);
+        let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+        (id, len)
     }
 
     pub fn write(&self, addr: u64, data: &[u8]) {
