@@ -359,3 +359,28 @@ fn queue_eventfd_drives_processing_through_the_event_manager() {
     assert_eq!(q.used_idx(), 1);
     assert_eq!(q.read(STATUS, 1)[0], VIRTIO_BLK_S_OK);
 }
+
+#[test]
+fn requests_complete_with_event_idx_negotiated() {
+    let img = image(8);
+    let mem = guest_mem();
+    let mut q = TestQueue::new(&mem, 0, 16);
+    let mut dev = block(Some(img.path()), true);
+    let state = dev.state_mut();
+    state.acked_features = state.avail_features;
+    state.queues[0] = q.queue();
+    dev.activate(mem.clone()).unwrap();
+    assert!(dev.state().queues[0].event_idx_enabled());
+    let mut h = VIRTIO_BLK_T_IN.to_le_bytes().to_vec();
+    h.extend_from_slice(&[0; 4]);
+    h.extend_from_slice(&3u64.to_le_bytes());
+    for _ in 0..20 {
+        q.write(HDR, &h);
+        q.add_chain(&[r(HDR, 16), w(DATA, 512), w(STATUS, 1)]);
+        dev.process_queue(0);
+        assert_eq!(q.read(STATUS, 1)[0], VIRTIO_BLK_S_OK);
+    }
+    assert_eq!(q.used_idx(), 20);
+    // used_event is 0 in the driver's ring: it asked to hear about the first completion.
+    assert!(take_irq(&dev));
+}

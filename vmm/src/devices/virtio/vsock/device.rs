@@ -149,9 +149,10 @@ impl Vsock {
                 continue;
             }
             let Some((hdr, len)) = self.backend.recv_pkt(&mut self.buf, room) else {
-                // Nothing after all (a socket had no data): give the buffer back.
+                // Nothing after all (sockets had no data, or the buffer is too small for
+                // any payload): give the buffer back and wait for the next event.
                 self.state.queues[q].go_to_previous_position();
-                continue;
+                break;
             };
             let written = write_header(&mut writer, &hdr).and_then(|()| {
                 writer

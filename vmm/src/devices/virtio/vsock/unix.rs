@@ -353,7 +353,13 @@ impl VsockUnixBackend {
         if let Some(h) = self.orphan_rsts.pop_front() {
             return Some((h, 0));
         }
-        while let Some(key) = self.rxq.pop_front() {
+        // Each queued connection gets one try: one that produces nothing but still wants to
+        // (say, the guest's buffer is too small for any payload) is queued again behind the
+        // others, and must not be retried forever here.
+        for _ in 0..self.rxq.len() {
+            let Some(key) = self.rxq.pop_front() else {
+                break;
+            };
             let Some(c) = self.conns.get_mut(&key) else {
                 continue;
             };
