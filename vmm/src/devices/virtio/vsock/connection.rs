@@ -54,6 +54,8 @@ pub struct Connection {
     pub registered: EventSet,
     /// Queued in the backend's RX list.
     pub in_rxq: bool,
+    /// When the host side closed; the guest gets RST if it has not answered in time.
+    pub closed_at: Option<std::time::Instant>,
     /// EPOLLIN seen and not yet drained.
     readable: bool,
     peer_buf_alloc: u32,
@@ -86,6 +88,7 @@ impl Connection {
             state,
             registered: EventSet::empty(),
             in_rxq: false,
+            closed_at: None,
             readable: false,
             peer_buf_alloc: 0,
             peer_fwd_cnt: Wrapping(0),
@@ -166,7 +169,8 @@ impl Connection {
         e
     }
 
-    fn kill(&mut self) {
+    /// Resets the connection: RST to the guest, then removal.
+    pub fn kill(&mut self) {
         self.state = ConnState::Killed;
         self.readable = false;
         self.tx_buf.clear();

@@ -517,3 +517,20 @@ fn event_manager_drives_backend_and_queues() {
     rx_evt.write(1).unwrap();
     em.run_with_timeout(100).unwrap();
 }
+
+#[test]
+fn guest_that_ignores_host_close_is_reset_after_timeout() {
+    let mem = guest_mem();
+    let mut g = Guest::new(&mem);
+    let (s, hport) = g.host_connect(1024);
+    drop(s);
+    g.pump_until(|p| p.iter().any(|(h, _)| h.op == OP_SHUTDOWN));
+    let start = Instant::now();
+    let pkts = g.pump_until(|p| p.iter().any(|(h, _)| h.op == OP_RST));
+    assert!(start.elapsed() >= super::super::unix::CLOSE_TIMEOUT / 2);
+    assert!(
+        pkts.iter()
+            .any(|(h, _)| h.op == OP_RST && h.src_port == hport)
+    );
+    assert_eq!(g.dev.backend().connection_count(), 0);
+}

@@ -12,9 +12,12 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use std::time::{Duration, Instant};
 
-use super::connection::{Connection, Outcome};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::connection::{ConnState, Connection, Outcome};
 use super::packet::{HOST_CID, OP_REQUEST, OP_RST, PacketHeader, TxPacket, VSOCK_TYPE_STREAM};
 
 /// Open connections per VM; a guest asking for more gets RST.
@@ -25,6 +28,9 @@ const MAX_HANDSHAKES: usize = 64;
 const MAX_HANDSHAKE_LEN: usize = 32;
 /// RST replies to packets for unknown connections waiting for RX buffers.
 const MAX_ORPHAN_RSTS: usize = 256;
+/// How long the guest has to answer the SHUTDOWN sent when the host closed its socket before
+/// the connection is reset (as Firecracker does), so it cannot linger forever.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// First port handed to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -37,6 +43,8 @@ pub enum UnixBackendError {
     },
     #[error("cannot set up the vsock backend's epoll: {0}")]
     Epoll(std::io::Error),
+    #[error("cannot create the vsock close timer: {0}")]
+    Timer(vmm_sys_util::errno::Error),
 }
 
 /// (host port, guest port)
@@ -52,6 +60,8 @@ pub struct VsockUnixBackend {
     uds_path: PathBuf,
     listener: UnixListener,
     epoll: Epoll,
+    close_timer: TimerFd,
+    close_timer_armed: bool,
     guest_cid: u64,
     conns: HashMap<ConnKey, Connection>,
     by_fd: HashMap<RawFd, ConnKey>,
@@ -90,10 +100,20 @@ impl VsockUnixBackend {
                 EpollEvent::new(EventSet::IN, listener.as_raw_fd() as u64),
             )
             .map_err(UnixBackendError::Epoll)?;
+        let close_timer = TimerFd::new().map_err(UnixBackendError::Timer)?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                close_timer.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, close_timer.as_raw_fd() as u64),
+            )
+            .map_err(UnixBackendError::Epoll)?;
         Ok(Self {
             uds_path: uds_path.to_owned(),
             listener,
             epoll,
+            close_timer,
+            close_timer_armed: false,
             guest_cid,
             conns: HashMap::new(),
             by_fd: HashMap::new(),
@@ -128,6 +148,8 @@ impl VsockUnixBackend {
                 let fd = ev.data() as RawFd;
                 if fd == self.listener.as_raw_fd() {
                     self.accept();
+                } else if fd == self.close_timer.as_raw_fd() {
+                    self.expire_closed();
                 } else if self.handshakes.contains_key(&fd) {
                     self.handshake(fd);
                 } else if let Some(&key) = self.by_fd.get(&fd) {
@@ -252,6 +274,15 @@ impl VsockUnixBackend {
             self.remove(key);
             return;
         }
+        if c.state == ConnState::LocalClosed && c.closed_at.is_none() {
+            c.closed_at = Some(Instant::now());
+            if !self.close_timer_armed {
+                self.arm_close_timer(CLOSE_TIMEOUT);
+            }
+        }
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
         let want = c.interest();
         if want != c.registered {
             let fd = c.stream.as_raw_fd();
@@ -272,6 +303,42 @@ impl VsockUnixBackend {
         if c.has_rx() && !c.in_rxq {
             c.in_rxq = true;
             self.rxq.push_back(key);
+        }
+    }
+
+    fn arm_close_timer(&mut self, after: Duration) {
+        match self.close_timer.reset(after, None) {
+            Ok(()) => self.close_timer_armed = true,
+            Err(e) => log::warn!("vsock: cannot arm the close timer: {e}"),
+        }
+    }
+
+    /// Resets connections whose guest did not answer the host's close in time.
+    fn expire_closed(&mut self) {
+        let _ = self.close_timer.wait();
+        self.close_timer_armed = false;
+        let now = Instant::now();
+        let mut next: Option<Duration> = None;
+        let mut expired = Vec::new();
+        for (key, c) in &self.conns {
+            if let (ConnState::LocalClosed, Some(t)) = (c.state, c.closed_at) {
+                match CLOSE_TIMEOUT.checked_sub(now.duration_since(t)) {
+                    Some(left) if !left.is_zero() => {
+                        next = Some(next.map_or(left, |n| n.min(left)));
+                    }
+                    _ => expired.push(*key),
+                }
+            }
+        }
+        for key in expired {
+            if let Some(c) = self.conns.get_mut(&key) {
+                log::debug!("vsock: port {}: guest did not close in time", c.local_port);
+                c.kill();
+            }
+            self.refresh(key);
+        }
+        if let Some(d) = next {
+            self.arm_close_timer(d);
         }
     }
 
