@@ -3,6 +3,23 @@
 //!
 //! A device is shared as `Arc<Mutex<…>>` between the virtio-mmio transport (driven by vCPU
 //! exits), the VMM's event loop (queue notifications) and the API (block backing-file swap).
+//!
+//! # Wiring a device into the VMM
+//!
+//! ```text
+//! let blk = Arc::new(Mutex::new(Block::new(BlockConfig { drive_id, path, read_only, serial })?));
+//! // or Vsock::new(cid, VsockUnixBackend::new(&uds_path, cid)?)?, or Rng::new()?
+//! let transport = MmioTransport::new(blk.clone(), guest_memory.clone());
+//! let irq_evt = transport.irq_evt()?;          // register as irqfd on the slot's GSI
+//! let notify = transport.queue_evts()?;        // (EventFd, queue index): ioeventfds on
+//!                                              // base + NOTIFY_REG_OFFSET, datamatch = index
+//! add_mmio_device(Arc::new(Mutex::new(transport)), &irq_evt, &notify)?;  // MMIO_LEN window
+//! event_manager.add_subscriber(blk.clone());   // Arc<Mutex<Block>> is a MutEventSubscriber
+//! // API: blk.lock().unwrap().swap_backend(Some(path), Some(serial))?   (PUT /drives/{id})
+//! // Metrics: blk.lock().unwrap().metrics().snapshot()   (serde::Serialize)
+//! ```
+//!
+//! Lock order: transport, then device. Nothing in a device locks its transport.
 
 pub mod block;
 pub mod metrics;
