@@ -236,10 +236,8 @@ impl Connection {
                 return;
             }
         }
-        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CONN_BUF_ALLOC / 2
-            && !self.pending.contains(&(OP_CREDIT_UPDATE, 0))
-        {
-            self.pending.push_back((OP_CREDIT_UPDATE, 0));
+        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CONN_BUF_ALLOC / 2 {
+            self.owe(OP_CREDIT_UPDATE);
         }
     }
 
@@ -274,7 +272,7 @@ impl Connection {
                 self.fwd_cnt += Wrapping(pkt.payload.len() as u32);
             }
             (OP_CREDIT_UPDATE, _) => {}
-            (OP_CREDIT_REQUEST, _) => self.pending.push_back((OP_CREDIT_UPDATE, 0)),
+            (OP_CREDIT_REQUEST, _) => self.owe(OP_CREDIT_UPDATE),
             (OP_SHUTDOWN, ConnState::LocalClosed) => self.kill(),
             (OP_SHUTDOWN, _) => {
                 self.peer_shutdown |= hdr.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
@@ -291,6 +289,14 @@ impl Connection {
             }
         }
         Outcome::Continue
+    }
+
+    /// Queues a control packet unless the same one is already owed: a guest repeating
+    /// requests while giving no RX buffers must not grow this queue.
+    fn owe(&mut self, op: u16) {
+        if !self.pending.contains(&(op, 0)) {
+            self.pending.push_back((op, 0));
+        }
     }
 
     fn push_tx(&mut self, data: &[u8]) {
@@ -403,5 +409,80 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(op: u16, buf_alloc: u32, fwd_cnt: u32, payload: &[u8]) -> TxPacket {
+        TxPacket {
+            hdr: PacketHeader {
+                src_cid: 3,
+                dst_cid: HOST_CID,
+                src_port: 1024,
+                dst_port: 5000,
+                len: payload.len() as u32,
+                type_: VSOCK_TYPE_STREAM,
+                op,
+                flags: 0,
+                buf_alloc,
+                fwd_cnt,
+            },
+            payload: payload.to_vec(),
+        }
+    }
+
+    fn established() -> (Connection, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut c = Connection::new_peer(a, &pkt(OP_REQUEST, 4096, 0, &[]).hdr);
+        let mut buf = [0u8; 64];
+        assert_eq!(c.recv_pkt(&mut buf, 64).unwrap().0.op, OP_RESPONSE);
+        (c, b)
+    }
+
+    #[test]
+    fn repeated_credit_requests_do_not_accumulate() {
+        let (mut c, _peer) = established();
+        for _ in 0..10_000 {
+            c.send_pkt(&pkt(OP_CREDIT_REQUEST, 4096, 0, &[]));
+        }
+        assert_eq!(c.pending.len(), 1);
+    }
+
+    #[test]
+    fn credit_accounting_wraps() {
+        let (mut c, mut peer) = established();
+        // Counters near the u32 wrap-around.
+        c.rx_cnt = Wrapping(u32::MAX - 10);
+        c.send_pkt(&pkt(OP_CREDIT_UPDATE, 100, u32::MAX - 10, &[]));
+        assert_eq!(c.peer_credit(), 100);
+        peer.write_all(&[1u8; 50]).unwrap();
+        c.notify(EventSet::IN);
+        let mut buf = vec![0u8; 4096];
+        let (h, n) = c.recv_pkt(&mut buf, 4096).unwrap();
+        assert_eq!((h.op, n), (OP_RW, 50));
+        assert_eq!(c.peer_credit(), 50);
+        c.send_pkt(&pkt(
+            OP_CREDIT_UPDATE,
+            100,
+            (u32::MAX - 10).wrapping_add(50),
+            &[],
+        ));
+        assert_eq!(c.peer_credit(), 100);
+    }
+
+    #[test]
+    fn data_after_guest_shutdown_send_resets() {
+        let (mut c, _peer) = established();
+        let mut sd = pkt(OP_SHUTDOWN, 4096, 0, &[]);
+        sd.hdr.flags = SHUTDOWN_SEND;
+        c.send_pkt(&sd);
+        c.send_pkt(&pkt(OP_RW, 4096, 0, b"late"));
+        let mut buf = [0u8; 64];
+        assert_eq!(c.recv_pkt(&mut buf, 64).unwrap().0.op, OP_RST);
+        assert!(c.is_done());
     }
 }
