@@ -193,7 +193,10 @@ impl MmioTransport {
     }
 
     fn write_queue_reg(&mut self, offset: u64, value: u32) {
-        if !self.queue_config_allowed() {
+        // Linux disables queues one by one (QueueReady = 0) when tearing a device down, after
+        // DRIVER_OK; that is always allowed.
+        let disabling = offset == reg::QUEUE_READY && value == 0;
+        if !self.queue_config_allowed() && !disabling {
             log::warn!(
                 "virtio-mmio: queue register {offset:#x} written in status {:#x}",
                 self.device_status

@@ -252,3 +252,18 @@ fn eventfds_for_the_vmm() {
     t.irq_evt().unwrap().write(1).unwrap();
     assert!(dev.lock().unwrap().state().irq.eventfd().read().is_ok());
 }
+
+#[test]
+fn queue_can_be_disabled_after_driver_ok_but_not_reconfigured() {
+    let mem = guest_mem();
+    let (mut t, dev) = transport(&mem);
+    let q = TestQueue::new(&mem, 0, 16);
+    bring_up(&mut t, &q);
+    let desc = dev.lock().unwrap().state().queues[0].desc_table();
+    wr(&mut t, reg::QUEUE_DESC_LOW, 0x1234_0000);
+    assert_eq!(dev.lock().unwrap().state().queues[0].desc_table(), desc);
+    wr(&mut t, reg::QUEUE_READY, 0);
+    assert_eq!(rd(&mut t, reg::QUEUE_READY), 0);
+    // A notification for the disabled queue is harmless.
+    wr(&mut t, NOTIFY_REG_OFFSET, 0);
+}
