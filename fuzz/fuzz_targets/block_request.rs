@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
         path: (flags & 1 == 0).then(|| image().clone()),
         read_only: flags & 2 != 0,
         serial: Some("fuzz".into()),
+        direct_io: flags & 8 != 0,
     })
     .unwrap();
     let state = blk.state_mut();

@@ -4,11 +4,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Sector size of the virtio-blk protocol, independent of the image's block size.
 pub const SECTOR_SIZE: u64 = 512;
+/// Alignment O_DIRECT transfers need; also the block size announced to the guest then.
+pub const DIRECT_IO_ALIGN: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -35,14 +37,22 @@ pub struct DiskImage {
 }
 
 impl DiskImage {
-    pub fn open(path: &Path, read_only: bool) -> Result<Self, BackendError> {
+    /// Opens `path`; with `direct`, bypassing the host page cache (O_DIRECT), in which case
+    /// every transfer must be aligned to [`DIRECT_IO_ALIGN`] in memory, offset and length.
+    pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Self, BackendError> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(!read_only)
+            .custom_flags(if direct { libc::O_DIRECT } else { 0 })
             .open(path)
             .map_err(|source| BackendError::Open {
                 path: path.to_owned(),
-                mode: if read_only { "read-only" } else { "read-write" },
+                mode: match (read_only, direct) {
+                    (true, false) => "read-only",
+                    (false, false) => "read-write",
+                    (true, true) => "read-only, O_DIRECT",
+                    (false, true) => "read-write, O_DIRECT",
+                },
                 source,
             })?;
         // Seeking to the end also gives the size of a block device, where metadata says 0.

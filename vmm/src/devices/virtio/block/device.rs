@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, QueueT, Reader, Writer};
 
-use super::backend::{BackendError, DiskImage, SECTOR_SIZE};
+use super::backend::{BackendError, DIRECT_IO_ALIGN, DiskImage, SECTOR_SIZE};
 use super::request::{
     MAX_SEGMENT_SECTORS, MAX_SEGMENTS, RequestError, RequestType, VIRTIO_BLK_ID_BYTES,
     VIRTIO_BLK_S_OK, check_range, parse_header, parse_segments,
@@ -23,13 +23,14 @@ use crate::devices::virtio::{
 pub mod blk_features {
     pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
     pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+    pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
     pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
     pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
     pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
 }
 use blk_features::{
-    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
-    VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 
 /// Descriptors per queue; also what the driver may put in one chain.
@@ -62,6 +63,9 @@ pub struct BlockConfig {
     pub read_only: bool,
     /// Returned by GET_ID (at most 20 bytes); the agent finds layers by it.
     pub serial: Option<String>,
+    /// Open images with O_DIRECT. The guest is then told to use 4 KiB blocks; a request that
+    /// is not 4 KiB aligned anyway fails with IOERR.
+    pub direct_io: bool,
 }
 
 /// A virtio-blk drive.
@@ -69,6 +73,7 @@ pub struct BlockConfig {
 pub struct Block {
     drive_id: String,
     read_only: bool,
+    direct_io: bool,
     serial: [u8; VIRTIO_BLK_ID_BYTES],
     disk: Option<DiskImage>,
     state: DeviceState,
@@ -100,7 +105,7 @@ impl Block {
         let disk = config
             .path
             .as_deref()
-            .map(|p| DiskImage::open(p, config.read_only))
+            .map(|p| DiskImage::open(p, config.read_only, config.direct_io))
             .transpose()
             .map_err(|source| BlockError::Backend {
                 drive: drive.clone(),
@@ -110,6 +115,9 @@ impl Block {
             | features::VIRTIO_RING_F_EVENT_IDX
             | VIRTIO_BLK_F_FLUSH
             | VIRTIO_BLK_F_SEG_MAX;
+        if config.direct_io {
+            avail |= VIRTIO_BLK_F_BLK_SIZE;
+        }
         avail |= if config.read_only {
             VIRTIO_BLK_F_RO
         } else {
@@ -123,11 +131,12 @@ impl Block {
         Ok(Self {
             drive_id: config.drive_id,
             read_only: config.read_only,
+            direct_io: config.direct_io,
             serial,
             disk,
             state,
             metrics: Arc::new(DeviceMetrics::default()),
-            buf: vec![0; CHUNK],
+            buf: vec![0; CHUNK + DIRECT_IO_ALIGN],
         })
     }
 
@@ -163,7 +172,7 @@ impl Block {
     ) -> Result<(), BlockError> {
         let serial = serial_bytes(&self.drive_id, serial)?;
         let disk = path
-            .map(|p| DiskImage::open(p, self.read_only))
+            .map(|p| DiskImage::open(p, self.read_only, self.direct_io))
             .transpose()
             .map_err(|source| BlockError::Backend {
                 drive: self.drive_id.clone(),
@@ -189,7 +198,12 @@ impl Block {
         let mut c = [0u8; CONFIG_LEN];
         c[0..8].copy_from_slice(&self.capacity().to_le_bytes());
         c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        let blk_size = if self.direct_io {
+            DIRECT_IO_ALIGN as u32
+        } else {
+            SECTOR_SIZE as u32
+        };
+        c[20..24].copy_from_slice(&blk_size.to_le_bytes());
         if !self.read_only {
             c[36..40].copy_from_slice(&MAX_SEGMENT_SECTORS.to_le_bytes());
             c[40..44].copy_from_slice(&MAX_SEGMENTS.to_le_bytes());
@@ -237,6 +251,15 @@ impl Block {
         (writer.bytes_written() + status_writer.bytes_written()) as u32
     }
 
+    /// The bounce buffer, aligned for O_DIRECT.
+    fn bounce(buf: &mut [u8]) -> &mut [u8] {
+        let off = buf
+            .as_ptr()
+            .align_offset(DIRECT_IO_ALIGN)
+            .min(DIRECT_IO_ALIGN);
+        &mut buf[off..off + CHUNK]
+    }
+
     fn fail(&self, e: &RequestError) {
         DeviceMetrics::inc(&self.metrics.errors);
         log::debug!("drive {}: request failed: {e}", self.drive_id);
@@ -253,9 +276,10 @@ impl Block {
                 let disk = self.disk.as_ref().ok_or(RequestError::NoMedium)?;
                 let len = writer.available_bytes() as u64;
                 let mut offset = check_range(hdr.sector, len, disk.capacity_sectors())?;
+                let bounce = Self::bounce(&mut self.buf);
                 while writer.available_bytes() > 0 {
-                    let n = writer.available_bytes().min(self.buf.len());
-                    let chunk = &mut self.buf[..n];
+                    let n = writer.available_bytes().min(bounce.len());
+                    let chunk = &mut bounce[..n];
                     disk.read_at(chunk, offset)
                         .map_err(|source| RequestError::Io { op: "read", source })?;
                     writer.write_all(chunk).map_err(RequestError::Memory)?;
@@ -271,9 +295,10 @@ impl Block {
                 }
                 let len = reader.available_bytes() as u64;
                 let mut offset = check_range(hdr.sector, len, disk.capacity_sectors())?;
+                let bounce = Self::bounce(&mut self.buf);
                 while reader.available_bytes() > 0 {
-                    let n = reader.available_bytes().min(self.buf.len());
-                    let chunk = &mut self.buf[..n];
+                    let n = reader.available_bytes().min(bounce.len());
+                    let chunk = &mut bounce[..n];
                     std::io::Read::read_exact(reader, chunk).map_err(RequestError::Memory)?;
                     disk.write_at(chunk, offset)
                         .map_err(|source| RequestError::Io {
@@ -312,7 +337,7 @@ impl Block {
                         u64::from(s.num_sectors) * SECTOR_SIZE,
                     );
                     let r = if zeroes {
-                        disk.write_zeroes(offset, len, s.unmap(), &mut self.buf)
+                        disk.write_zeroes(offset, len, s.unmap(), Self::bounce(&mut self.buf))
                     } else {
                         disk.discard(offset, len)
                     };

@@ -16,6 +16,7 @@ fn transport(mem: &GuestMemory) -> (MmioTransport, Arc<Mutex<Block>>) {
             path: None,
             read_only: true,
             serial: Some("serial-0".into()),
+            direct_io: false,
         })
         .unwrap(),
     ));
