@@ -5,12 +5,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-/// Live counters of one device.
+/// Live counters of one device. "read" is data going to the guest, "write" data coming from
+/// it: for virtio-blk disk reads and writes, for vsock host→guest and guest→host payload, for
+/// virtio-rng the random bytes handed out.
 #[derive(Debug, Default)]
 pub struct DeviceMetrics {
+    /// Descriptor chains taken from the guest (block requests, vsock TX packets, rng buffers).
     pub requests: AtomicU64,
     pub read_bytes: AtomicU64,
     pub write_bytes: AtomicU64,
+    /// Requests that failed or were dropped as malformed.
     pub errors: AtomicU64,
     /// The device had something for the guest but no buffer to put it in.
     pub queue_full: AtomicU64,

@@ -7,7 +7,7 @@
 //! # Wiring a device into the VMM
 //!
 //! ```text
-//! let blk = Arc::new(Mutex::new(Block::new(BlockConfig { drive_id, path, read_only, serial })?));
+//! let blk = Arc::new(Mutex::new(Block::new(BlockConfig { drive_id, path, read_only, serial, direct_io })?));
 //! // or Vsock::new(cid, VsockUnixBackend::new(&uds_path, cid)?)?, or Rng::new()?
 //! let transport = MmioTransport::new(blk.clone(), guest_memory.clone());
 //! let irq_evt = transport.irq_evt()?;          // register as irqfd on the slot's GSI
