@@ -21,11 +21,16 @@ pub fn guest_memory(data: &[u8]) -> GuestMemoryMmap<()> {
 
 /// A ready queue over the fixed layout; its avail index and entries come from the data.
 pub fn queue(size: u16) -> Queue {
+    queue_at(size, 0)
+}
+
+/// The same layout shifted by `base`, for devices with several queues.
+pub fn queue_at(size: u16, base: u64) -> Queue {
     let mut q = Queue::new(size).unwrap();
     q.set_size(size);
-    q.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-    q.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
-    q.set_used_ring_address(Some(USED_RING as u32), Some(0));
+    q.set_desc_table_address(Some((base + DESC_TABLE) as u32), Some(0));
+    q.set_avail_ring_address(Some((base + AVAIL_RING) as u32), Some(0));
+    q.set_used_ring_address(Some((base + USED_RING) as u32), Some(0));
     q.set_ready(true);
     q
 }
