@@ -148,8 +148,8 @@ pub fn check_range(sector: u64, len: u64, capacity: u64) -> Result<u64, RequestE
         return Err(RequestError::Unaligned { len });
     }
     let sectors = len / SECTOR_SIZE;
-    match sector.checked_add(sectors) {
-        Some(end) if end <= capacity => Ok(sector * SECTOR_SIZE),
+    match (sector.checked_add(sectors), sector.checked_mul(SECTOR_SIZE)) {
+        (Some(end), Some(offset)) if end <= capacity => Ok(offset),
         _ => Err(RequestError::OutOfRange {
             sector,
             sectors,
@@ -234,6 +234,7 @@ mod tests {
         assert!(check_range(0, 100, 4).is_err());
         assert!(check_range(u64::MAX, 512, u64::MAX).is_err());
         assert!(check_range(u64::MAX / 512, 0, u64::MAX).is_ok());
+        assert!(check_range(u64::MAX, 0, u64::MAX).is_err());
     }
 
     fn segment_bytes(sector: u64, n: u32, flags: u32) -> Vec<u8> {
