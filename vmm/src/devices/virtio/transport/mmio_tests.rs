@@ -35,6 +35,10 @@ fn wr(t: &mut MmioTransport, offset: u64, v: u32) {
 
 /// Linux's probe + virtio_dev_probe sequence, with one queue set up from `q`.
 fn bring_up(t: &mut MmioTransport, q: &TestQueue<'_>) {
+    bring_up_queues(t, &[q]);
+}
+
+fn bring_up_queues(t: &mut MmioTransport, queues: &[&TestQueue<'_>]) {
     wr(t, reg::STATUS, 0);
     wr(t, reg::STATUS, status::ACKNOWLEDGE);
     wr(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
@@ -49,19 +53,21 @@ fn bring_up(t: &mut MmioTransport, q: &TestQueue<'_>) {
     let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
     wr(t, reg::STATUS, s);
     assert_eq!(rd(t, reg::STATUS), s);
-    wr(t, reg::QUEUE_SEL, 0);
-    assert_eq!(rd(t, reg::QUEUE_READY), 0);
-    assert!(rd(t, reg::QUEUE_NUM_MAX) >= 16);
-    wr(t, reg::QUEUE_NUM, 16);
-    let qq = q.queue();
-    wr(t, reg::QUEUE_DESC_LOW, qq.desc_table() as u32);
-    wr(t, reg::QUEUE_DESC_HIGH, (qq.desc_table() >> 32) as u32);
-    wr(t, reg::QUEUE_DRIVER_LOW, qq.avail_ring() as u32);
-    wr(t, reg::QUEUE_DRIVER_HIGH, (qq.avail_ring() >> 32) as u32);
-    wr(t, reg::QUEUE_DEVICE_LOW, qq.used_ring() as u32);
-    wr(t, reg::QUEUE_DEVICE_HIGH, (qq.used_ring() >> 32) as u32);
-    wr(t, reg::QUEUE_READY, 1);
-    assert_eq!(rd(t, reg::QUEUE_READY), 1);
+    for (i, q) in queues.iter().enumerate() {
+        wr(t, reg::QUEUE_SEL, i as u32);
+        assert_eq!(rd(t, reg::QUEUE_READY), 0);
+        assert!(rd(t, reg::QUEUE_NUM_MAX) >= 16);
+        wr(t, reg::QUEUE_NUM, 16);
+        let qq = q.queue();
+        wr(t, reg::QUEUE_DESC_LOW, qq.desc_table() as u32);
+        wr(t, reg::QUEUE_DESC_HIGH, (qq.desc_table() >> 32) as u32);
+        wr(t, reg::QUEUE_DRIVER_LOW, qq.avail_ring() as u32);
+        wr(t, reg::QUEUE_DRIVER_HIGH, (qq.avail_ring() >> 32) as u32);
+        wr(t, reg::QUEUE_DEVICE_LOW, qq.used_ring() as u32);
+        wr(t, reg::QUEUE_DEVICE_HIGH, (qq.used_ring() >> 32) as u32);
+        wr(t, reg::QUEUE_READY, 1);
+        assert_eq!(rd(t, reg::QUEUE_READY), 1);
+    }
     wr(t, reg::STATUS, s | status::DRIVER_OK);
 }
 
@@ -267,4 +273,40 @@ fn queue_can_be_disabled_after_driver_ok_but_not_reconfigured() {
     assert_eq!(rd(&mut t, reg::QUEUE_READY), 0);
     // A notification for the disabled queue is harmless.
     wr(&mut t, NOTIFY_REG_OFFSET, 0);
+}
+
+#[test]
+fn vsock_with_three_queues_behind_the_transport() {
+    use crate::devices::virtio::vsock::packet::{HDR_LEN, OP_REQUEST, PacketHeader};
+    use crate::devices::virtio::vsock::{Vsock, VsockUnixBackend};
+    use std::io::Write;
+
+    let mem = guest_mem();
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    let dev = Arc::new(Mutex::new(
+        Vsock::new(3, VsockUnixBackend::new(&uds, 3).unwrap()).unwrap(),
+    ));
+    let mut t = MmioTransport::new(dev.clone(), mem.clone());
+    assert_eq!(rd(&mut t, reg::DEVICE_ID), device_type::VSOCK);
+    assert_eq!(t.queue_evts().unwrap().len(), 3);
+    let mut rxq = TestQueue::new(&mem, 0, 16);
+    let txq = TestQueue::new(&mem, 0x1_0000, 16);
+    let evq = TestQueue::new(&mem, 0x2_0000, 16);
+    bring_up_queues(&mut t, &[&rxq, &txq, &evq]);
+    assert!(dev.lock().unwrap().state().is_activated());
+    let mut cid = [0u8; 8];
+    t.read(0x100, &mut cid);
+    assert_eq!(u64::from_le_bytes(cid), 3);
+
+    let mut host = std::os::unix::net::UnixStream::connect(&uds).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    dev.lock().unwrap().process_backend_events();
+    // No RX buffer yet; the driver adds one and notifies the RX queue.
+    rxq.add_chain(&[w(0x10_0000, 4096)]);
+    wr(&mut t, NOTIFY_REG_OFFSET, 0);
+    assert_eq!(rxq.used_idx(), 1);
+    let h = PacketHeader::from_bytes(rxq.read(0x10_0000, HDR_LEN)[..].try_into().unwrap());
+    assert_eq!((h.op, h.dst_port, h.dst_cid), (OP_REQUEST, 1024, 3));
 }

@@ -135,7 +135,9 @@ impl VsockUnixBackend {
     /// Handles whatever the sockets reported, without blocking.
     pub fn process_events(&mut self) {
         let mut events = [EpollEvent::default(); 64];
-        loop {
+        // Handling one event can make another fd ready (an accepted socket that already holds
+        // its CONNECT line), so go round until nothing is ready, a bounded number of times.
+        for _ in 0..16 {
             let n = match self.epoll.wait(0, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -159,7 +161,7 @@ impl VsockUnixBackend {
                     self.refresh(key);
                 }
             }
-            if n < events.len() {
+            if n == 0 {
                 return;
             }
         }
