@@ -2,3 +2,4 @@
 //! Every device is reached through a [`bus::Bus`] that the vCPU exit handler dispatches to.
 
 pub mod bus;
+pub mod virtio;
