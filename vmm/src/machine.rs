@@ -140,6 +140,7 @@ pub struct Vmm {
     reset_evt: EventFd,
     exit_evt: Arc<EventFd>,
     shutdown: Arc<AtomicBool>,
+    powered_off: Arc<AtomicBool>,
     vcpu_control: Arc<VcpuControl>,
     events: EventManager<Subscriber>,
     mmio_slots: u64,
@@ -174,6 +175,15 @@ impl Vmm {
         vm.register_memory(&mem)?;
 
         let metrics = Arc::new(Metrics::default());
+        {
+            use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+            let mut maps = metrics.guest_mappings.lock().expect("metrics lock");
+            for region in mem.iter() {
+                if let Ok(host) = mem.get_host_address(region.start_addr()) {
+                    maps.push(host as u64);
+                }
+            }
+        }
         let panic_line = PanicLine::default();
         let out: Option<Box<dyn std::io::Write + Send>> = match &config.serial {
             SerialOutput::Stdout => Some(Box::new(std::io::stdout())),
@@ -187,11 +197,16 @@ impl Vmm {
             )),
             SerialOutput::None => None,
         };
+        let exit_evt = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io("creating an eventfd"))?);
+        let powered_off = Arc::new(AtomicBool::new(false));
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io("creating an eventfd"))?;
         vm.register_irqfd(&serial_irq, layout::COM1_GSI)?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             EventFdTrigger(serial_irq),
-            ConsoleOut::new(out, panic_line.clone(), metrics.clone()),
+            ConsoleOut::new(out, panic_line.clone(), metrics.clone()).on_power_off(
+                exit_evt.try_clone().map_err(io("cloning an eventfd"))?,
+                powered_off.clone(),
+            ),
         )));
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io("creating an eventfd"))?;
         let i8042 = I8042(vm_superio::I8042Device::new(EventFdTrigger(
@@ -221,7 +236,8 @@ impl Vmm {
             panic_line,
             serial,
             reset_evt,
-            exit_evt: Arc::new(EventFd::new(EFD_NONBLOCK).map_err(io("creating an eventfd"))?),
+            exit_evt,
+            powered_off,
             shutdown: Arc::new(AtomicBool::new(false)),
             vcpu_control: Arc::new(VcpuControl::default()),
             events: EventManager::new().map_err(VmmError::EventLoop)?,
@@ -354,10 +370,23 @@ impl Vmm {
         self.events
             .add_subscriber(Arc::new(Mutex::new(SerialInput(self.serial.clone()))));
 
+        let (rss, guest_rss) = self.metrics.rss_split();
+        let vmm_rss = rss.saturating_sub(guest_rss);
+        self.metrics
+            .vmm_rss_before_run_kib
+            .store(vmm_rss, Ordering::Relaxed);
         let first_run = crate::metrics::since_start_us();
         self.metrics
             .first_run_us
             .store(first_run.max(1), Ordering::Relaxed);
+        if !self.quiet {
+            eprintln!(
+                "ward-vmm: first KVM_RUN {}.{:03} ms after start; RSS {rss} KiB \
+                 (VMM {vmm_rss} KiB, guest memory {guest_rss} KiB)",
+                first_run / 1000,
+                first_run % 1000
+            );
+        }
         vcpu::start(
             vcpus,
             &self.buses,
@@ -390,7 +419,9 @@ impl Vmm {
             VmExit::GuestPanic(line)
         } else if self.shutdown.load(Ordering::Relaxed) {
             VmExit::Clean("shutdown requested through the API")
-        } else if vcpu_event == Some(VcpuEvent::Shutdown) {
+        } else if vcpu_event == Some(VcpuEvent::Shutdown)
+            || self.powered_off.load(Ordering::Relaxed)
+        {
             VmExit::Clean("guest powered off")
         } else {
             VmExit::Clean("guest reset")
@@ -398,8 +429,15 @@ impl Vmm {
         if !self.quiet {
             let m = self.metrics.snapshot();
             eprintln!(
-                "ward-vmm: exits: {} (pio {}, mmio {}), serial bytes {}",
-                m.exits, m.pio_exits, m.mmio_exits, m.serial_bytes
+                "ward-vmm: exits: {} (pio {}, mmio {}), serial bytes {}; RSS {} KiB \
+                 (VMM {} KiB, guest memory {} KiB)",
+                m.exits,
+                m.pio_exits,
+                m.mmio_exits,
+                m.serial_bytes,
+                m.rss_kib,
+                m.vmm_rss_kib,
+                m.guest_rss_kib
             );
         }
         Ok(exit)

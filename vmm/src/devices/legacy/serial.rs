@@ -1,15 +1,19 @@
 //! The 8250 UART at COM1 (vm-superio), wired to the VMM's stdout, a file, or nothing.
 //!
-//! Output is line-buffered (the UART hands over one byte per write) and watched for the
-//! kernel's panic line: a panicking guest with `panic=-1 reboot=k` resets exactly like a
-//! clean `reboot`, and the panic line on the console is what tells the two apart.
+//! Output is line-buffered (the UART hands over one byte per write) and watched for two
+//! kernel lines. The panic line: a panicking guest with `panic=-1 reboot=k` resets exactly
+//! like a clean `reboot`, and the panic line on the console is what tells the two apart.
+//! The power-off line: without ACPI, `poweroff` ends in a halted CPU the VMM never hears
+//! about, so the line is the only signal that the guest is done.
 
 use std::io::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vm_superio::Serial;
 use vm_superio::serial::NoEvents;
+
+use vmm_sys_util::eventfd::EventFd;
 
 use super::EventFdTrigger;
 use crate::devices::bus::BusDevice;
@@ -17,6 +21,9 @@ use crate::metrics::Metrics;
 
 /// What Linux prints (at KERN_EMERG, so on every console) when it panics.
 pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
+/// What Linux prints when it powers off, or halts for want of a way to power off
+/// ("reboot: Power off not available: System halted instead" without ACPI).
+pub const POWER_OFF_MARKERS: [&str; 2] = ["reboot: Power down", "System halted"];
 const LINE_MAX: usize = 512;
 const FLUSH_AT: usize = 4096;
 
@@ -30,6 +37,8 @@ pub struct ConsoleOut {
     line: Vec<u8>,
     panic: PanicLine,
     metrics: Arc<Metrics>,
+    /// Signalled (and set) when the guest prints a power-off line.
+    power_off: Option<(EventFd, Arc<AtomicBool>)>,
 }
 
 impl std::fmt::Debug for ConsoleOut {
@@ -53,7 +62,15 @@ impl ConsoleOut {
             line: Vec::with_capacity(LINE_MAX),
             panic,
             metrics,
+            power_off: None,
         }
+    }
+
+    /// Signals `evt` and sets `flag` when the guest prints a power-off line.
+    #[must_use]
+    pub fn on_power_off(mut self, evt: EventFd, flag: Arc<AtomicBool>) -> Self {
+        self.power_off = Some((evt, flag));
+        self
     }
 
     fn end_line(&mut self) {
@@ -62,6 +79,11 @@ impl ConsoleOut {
             let mut slot = self.panic.lock().expect("panic line lock");
             if slot.is_none() {
                 *slot = Some(text.trim_end().to_owned());
+            }
+        } else if POWER_OFF_MARKERS.iter().any(|m| text.contains(m)) {
+            if let Some((evt, flag)) = &self.power_off {
+                flag.store(true, Ordering::Relaxed);
+                let _ = evt.write(1);
             }
         }
         self.line.clear();
