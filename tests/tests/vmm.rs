@@ -398,3 +398,54 @@ fn nest_vmm_boots_linux() {
     assert!(log.contains("shutdown requested through the API"), "{log}");
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
+
+/// ward-vmm against QEMU `-M microvm` in one harness run, same kernel and initrd: wall
+/// time to the guest's ready line and RSS at that moment (see `docs/benchmarks.md`).
+/// `WARD_BENCH_VMM` picks the ward-vmm binary (the release build, for numbers worth
+/// quoting); the debug build otherwise.
+#[test]
+fn nest_vmm_benchmark_against_qemu_microvm() {
+    let dir = scratch_dir("nest-vmm-bench");
+    let initrd = build_initrd(
+        &dir,
+        "bench",
+        "/bin/ward-ready\necho WARD-READY\nsleep 1\nreboot -f",
+    );
+    let vmm = std::env::var_os("WARD_BENCH_VMM").map_or_else(vmm_binary, Into::into);
+    let kernel = kernel_path(KernelKind::Guest);
+    let opts = Options {
+        label: format!("nest-vmm-bench-{}", std::process::id()),
+        timeout: Duration::from_secs(500),
+        ..Options::default()
+    };
+    let out = ward_nest::run(
+        &[
+            env!("CARGO_BIN_EXE_vmm-bench"),
+            "5",
+            vmm.to_str().unwrap(),
+            kernel.to_str().unwrap(),
+            initrd.to_str().unwrap(),
+        ],
+        &opts,
+    )
+    .expect("harness round trip")
+    .success()
+    .expect("vmm-bench in L1");
+    let out = out.stdout_str();
+    eprintln!("{out}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 10, "{out}");
+    for row in &rows {
+        assert!(
+            row["ready_ms"].as_f64().unwrap() > 0.0,
+            "no ready line: {row}"
+        );
+    }
+    for row in rows.iter().filter(|r| r["vmm"] == "ward-vmm") {
+        assert_eq!(row["exit"], "exit status: 0", "{row}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
