@@ -106,6 +106,38 @@ impl BusDevice for Probe {
     }
 }
 
+/// On PVM (this project's development machines) a Linux guest dies of an emulation failure
+/// a few seconds into boot: that is the KVM-error path, which must end with exit 3, the
+/// reason and the registers. On a KVM that boots Linux this test has nothing to provoke.
+#[test]
+fn vmm_kvm_failure_exits_3_with_registers() {
+    if !require("vmm_kvm_failure_exits_3_with_registers", &[Need::Kvm]) {
+        return;
+    }
+    if !ward_nest::host_kvm_is_pvm() {
+        eprintln!("SKIP vmm_kvm_failure_exits_3_with_registers: this KVM boots Linux");
+        return;
+    }
+    let dir = scratch_dir("vmm-kvm-failure");
+    let initrd = build_initrd(&dir, "fail", "reboot -f");
+    let out = Command::new(vmm_binary())
+        .arg("--kernel")
+        .arg(kernel_path(KernelKind::Guest))
+        .arg("--initrd")
+        .arg(&initrd)
+        .args(["--serial", "none"])
+        .output()
+        .expect("running ward-vmm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("ward-vmm: vCPU 0: KVM"), "{stderr}");
+    assert!(
+        stderr.contains(" rip=0x") && stderr.contains(" cr3=0x"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A ring-3 64-bit guest (what any KVM, PVM included, runs natively) that reads a byte
 /// from an MMIO device, writes it to a PIO device, writes 0x77 to the MMIO device, and
 /// stops (its `hlt` faults at CPL3 with no IDT: a triple fault, i.e. a reset).
@@ -245,7 +277,7 @@ show() { echo "== $1 rc=$2"; sed "s/^/$1| /" /tmp/$1.out; sed "s/^/$1! /" /tmp/$
 run() { name=$1; shift; "$VMM" "$@" >/tmp/$name.out 2>/tmp/$name.err; show $name $?; }
 run boot --kernel $K --initrd $D/boot.cpio --vcpus 2 --mem-mib 256 \
   --cmdline "console=ttyS0 reboot=k panic=-1 quiet"
-run poweroff --kernel $K --initrd $D/poweroff.cpio --cmdline "console=ttyS0 reboot=k panic=-1"
+run poweroff --config $D/poweroff.json
 run panic --kernel $K --initrd $D/panic.cpio --cmdline "console=ttyS0 reboot=k panic=-1"
 
 api() { curl -sS --unix-socket /tmp/api.sock "$@"; }
@@ -299,13 +331,26 @@ fn nest_vmm_boots_linux() {
         "mount -t proc proc /proc\n/bin/ward-ready\necho WARD-MARKER booted\n\
          echo cpus=$(grep -c ^processor /proc/cpuinfo)\ngrep MemTotal /proc/meminfo\nreboot -f",
     );
-    build_initrd(&dir, "poweroff", "echo WARD-MARKER off\npoweroff -f");
+    build_initrd(
+        &dir,
+        "poweroff",
+        "mount -t proc proc /proc\necho WARD-MARKER off $(grep MemTotal /proc/meminfo)\npoweroff -f",
+    );
     build_initrd(&dir, "panic", "echo WARD-MARKER about to exit init\nexit 3");
     build_initrd(
         &dir,
         "tick",
         "i=0\nwhile true; do i=$((i+1)); echo tick $i; sleep 0.2; done",
     );
+    // The poweroff case goes through a JSON config rather than flags.
+    let json = serde_json::json!({
+        "kernel": kernel_path(KernelKind::Guest),
+        "initrd": dir.join("poweroff.cpio"),
+        "cmdline": "console=ttyS0 reboot=k panic=-1",
+        "vcpus": 1,
+        "mem_mib": 96,
+    });
+    std::fs::write(dir.join("poweroff.json"), json.to_string()).unwrap();
     let script = dir.join("run.sh");
     std::fs::write(&script, NEST_SCRIPT).unwrap();
     let kernel = kernel_path(KernelKind::Guest);
@@ -355,6 +400,14 @@ fn nest_vmm_boots_linux() {
     assert_eq!(rc, Some(0), "{console}\n{log}");
     assert!(console.contains("WARD-MARKER off"), "{console}");
     assert!(log.contains("guest powered off"), "{log}");
+    // 96 MiB from the JSON file, not the 128 MiB default.
+    let mem_kib: u64 = field(&console, "WARD-MARKER off MemTotal:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((80 * 1024..=96 * 1024).contains(&mem_kib), "{mem_kib} KiB");
 
     // A panic resets the guest (panic=-1 reboot=k) but is not a clean exit.
     let (rc, console, log) = section(&out, "panic");
