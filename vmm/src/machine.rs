@@ -209,9 +209,9 @@ impl Vmm {
             ),
         )));
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(io("creating an eventfd"))?;
-        let i8042 = I8042(vm_superio::I8042Device::new(EventFdTrigger(
+        let i8042 = I8042::new(EventFdTrigger(
             reset_evt.try_clone().map_err(io("cloning an eventfd"))?,
-        )));
+        ));
         let quiet = std::env::var_os("WARD_VMM_QUIET").is_some();
         let mut buses = IoBuses::default();
         buses.pio.insert(serial.clone(), layout::COM1, 8)?;
