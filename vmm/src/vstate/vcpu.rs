@@ -381,6 +381,10 @@ pub fn start(
                 };
                 let _ = events.send(event);
                 let _ = exit_evt.write(1);
+                // A stopped vCPU runs no guest code: count it as parked for good, so a
+                // pause racing with the VM's end does not wait for it.
+                ctl.inner.lock().expect("vcpu control lock").parked += 1;
+                ctl.cv.notify_all();
                 // Stay parked: the VMM exits the process, and `kick` needs a live thread.
                 loop {
                     std::thread::park();
