@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use ward_nest::{KernelKind, Options, kernel_path};
 use ward_tests::guest::{build_initrd, scratch_dir, vmm_binary};
 use ward_tests::{Need, require};
@@ -183,6 +184,8 @@ fn vmm_host_kvm_pio_mmio_through_the_bus() {
         0xe6, 0x10, // out 0x10, al
         0xb0, 0x77, // mov al, 0x77
         0x88, 0x43, 0x08, // mov [rbx+8], al
+        0xc7, 0x43, 0x50, 0x01, 0x00, 0x00, 0x00, // mov dword [rbx+0x50], 1 (ioeventfd)
+        0xc7, 0x43, 0x50, 0x02, 0x00, 0x00, 0x00, // mov dword [rbx+0x50], 2 (no match: bus)
         0xf4, // hlt
     ];
     mem.write_slice(&code, GuestAddress(CODE)).unwrap();
@@ -211,6 +214,11 @@ fn vmm_host_kvm_pio_mmio_through_the_bus() {
             MMIO,
             0x1000,
         )
+        .unwrap();
+
+    // A queue notification with the registered datamatch is an ioeventfd, not an exit.
+    let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+    vm.register_mmio_ioevent(&notify, MMIO + 0x50, Some(1))
         .unwrap();
 
     let mut vcpu = Vcpu::new(&vm, 0).unwrap();
@@ -259,13 +267,79 @@ fn vmm_host_kvm_pio_mmio_through_the_bus() {
     }
     // The MMIO read reached the device (0x5a came back) and went out on the PIO bus.
     assert_eq!(*pio_writes.lock().unwrap(), vec![(0, vec![0x5a])]);
-    assert_eq!(*mmio_writes.lock().unwrap(), vec![(8, vec![0x77])]);
+    assert_eq!(
+        *mmio_writes.lock().unwrap(),
+        vec![(8, vec![0x77]), (0x50, vec![2, 0, 0, 0])]
+    );
+    assert_eq!(notify.read().unwrap(), 1, "the ioeventfd did not fire");
     assert!(
         matches!(stop, Some(VcpuEvent::Reset | VcpuEvent::Shutdown)),
         "{stop:?}"
     );
     let m = metrics.snapshot();
-    assert_eq!((m.pio_exits, m.mmio_exits), (1, 2), "{m:?}");
+    assert_eq!((m.pio_exits, m.mmio_exits), (1, 3), "{m:?}");
+}
+
+/// What the virtio devices build on: slots in order, GSIs from 5, the kernel command line
+/// entries, and the irqfd/ioeventfd registrations KVM accepts.
+#[test]
+fn vmm_add_mmio_device_slots_and_cmdline() {
+    if !require("vmm_add_mmio_device_slots_and_cmdline", &[Need::Kvm]) {
+        return;
+    }
+    let mut config = ward_vmm::VmConfig::new(kernel_path(KernelKind::Guest));
+    config.cmdline = Some("console=ttyS0 reboot=k".into());
+    let mut vmm = ward_vmm::Vmm::new(config).unwrap();
+    let mut slots = Vec::new();
+    for _ in 0..2 {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let notify = [
+            (EventFd::new(EFD_NONBLOCK).unwrap(), 0),
+            (EventFd::new(EFD_NONBLOCK).unwrap(), 1),
+        ];
+        let device = Arc::new(Mutex::new(Probe {
+            answer: 0,
+            writes: Writes::default(),
+        }));
+        slots.push(vmm.add_mmio_device(device, &irq, &notify).unwrap());
+    }
+    assert_eq!(
+        slots,
+        [
+            ward_vmm::MmioSlot {
+                base: 0xd000_0000,
+                gsi: 5
+            },
+            ward_vmm::MmioSlot {
+                base: 0xd000_1000,
+                gsi: 6
+            }
+        ]
+    );
+    assert_eq!(
+        vmm.cmdline(),
+        "console=ttyS0 reboot=k virtio_mmio.device=4K@0xd0000000:5 \
+         virtio_mmio.device=4K@0xd0001000:6"
+    );
+    // 19 GSIs (5..=23) in all.
+    for _ in 2..19 {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let device = Arc::new(Mutex::new(Probe {
+            answer: 0,
+            writes: Writes::default(),
+        }));
+        vmm.add_mmio_device(device, &irq, &[]).unwrap();
+    }
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let device = Arc::new(Mutex::new(Probe {
+        answer: 0,
+        writes: Writes::default(),
+    }));
+    let err = vmm.add_mmio_device(device, &irq, &[]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no free virtio-mmio slot: all 19 are taken"
+    );
 }
 
 /// The L1 script: boots ward-vmm several times and prints each run's exit code, console
