@@ -403,7 +403,10 @@ fn nest_vmm_boots_linux() {
         &dir,
         "boot",
         "mount -t proc proc /proc\n/bin/ward-ready\necho WARD-MARKER booted\n\
-         echo cpus=$(grep -c ^processor /proc/cpuinfo)\ngrep MemTotal /proc/meminfo\nreboot -f",
+         echo cpus=$(grep -c ^processor /proc/cpuinfo)\ngrep MemTotal /proc/meminfo\n\
+         mount -t sysfs sys /sys\n\
+         echo packages=$(cat /sys/devices/system/cpu/cpu*/topology/physical_package_id)\n\
+         reboot -f",
     );
     build_initrd(
         &dir,
@@ -456,6 +459,8 @@ fn nest_vmm_boots_linux() {
     assert_eq!(rc, Some(0), "{console}\n{log}");
     assert!(console.contains("WARD-MARKER booted"), "{console}");
     assert!(console.contains("cpus=2"), "{console}");
+    // Both vCPUs are cores of one package (CPUID topology), not two sockets.
+    assert!(console.contains("packages=0 0"), "{console}");
     let mem_kib: u64 = field(&console, "MemTotal:")
         .trim()
         .trim_end_matches("kB")

@@ -2,7 +2,7 @@
 //! topology (every vCPU a core of one socket, one thread each) filled in, and the
 //! hypervisor bit set so the guest looks for the KVM leaves (kvmclock, PV EOI).
 
-use kvm_bindings::CpuId;
+use kvm_bindings::{CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, kvm_cpuid_entry2};
 
 const HYPERVISOR: u32 = 1 << 31;
 const HTT: u32 = 1 << 28;
@@ -30,26 +30,6 @@ pub fn normalize(cpuid: &mut CpuId, id: u8, vcpus: u8) {
                 // Cores per package - 1; one thread per cache-sharing core.
                 e.eax = (e.eax & 0x03ff_ffff & !(0xfff << 14)) | ((n - 1) << 26);
             }
-            0xb => {
-                e.edx = id;
-                match e.index {
-                    0 => {
-                        e.eax = 0;
-                        e.ebx = 1;
-                        e.ecx = (LEVEL_SMT << 8) | e.index;
-                    }
-                    1 => {
-                        e.eax = core_bits;
-                        e.ebx = n;
-                        e.ecx = (LEVEL_CORE << 8) | e.index;
-                    }
-                    _ => {
-                        e.eax = 0;
-                        e.ebx = 0;
-                        e.ecx = e.index;
-                    }
-                }
-            }
             0x8000_0008 => {
                 // AMD: ApicIdCoreIdSize and NC (cores - 1).
                 e.ecx = (e.ecx & !0xf0ff) | (core_bits << 12) | (n - 1);
@@ -63,34 +43,74 @@ pub fn normalize(cpuid: &mut CpuId, id: u8, vcpus: u8) {
             _ => {}
         }
     }
+    // Leaf 0xb: KVM offers only sub-leaf 0 (zeros). Without the core level a guest sees
+    // every vCPU as its own package, so the leaf is rebuilt: SMT level (1 thread), core
+    // level (`n` cores), terminator.
+    let max_basic = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0)
+        .map_or(0, |e| e.eax);
+    if max_basic >= 0xb {
+        cpuid.retain(|e| e.function != 0xb);
+        let levels = [
+            (0, 1, LEVEL_SMT << 8),
+            (core_bits, n, (LEVEL_CORE << 8) | 1),
+            (0, 0, 2),
+        ];
+        for (index, (eax, ebx, ecx)) in levels.into_iter().enumerate() {
+            // Pushing fails only past KVM_MAX_CPUID_ENTRIES, far above what KVM offers.
+            let _ = cpuid.push(kvm_cpuid_entry2 {
+                function: 0xb,
+                index: index as u32,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                eax,
+                ebx,
+                ecx,
+                edx: id,
+                ..Default::default()
+            });
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kvm_bindings::kvm_cpuid_entry2;
 
     #[test]
     fn apic_id_and_topology() {
         let entries = [
             kvm_cpuid_entry2 {
+                function: 0,
+                eax: 0xd,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
                 function: 1,
                 ebx: 0xff,
                 ..Default::default()
             },
+            // What KVM offers: sub-leaf 0 only.
             kvm_cpuid_entry2 {
                 function: 0xb,
-                index: 1,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
                 ..Default::default()
             },
         ];
         let mut cpuid = CpuId::from_entries(&entries).unwrap();
         normalize(&mut cpuid, 3, 4);
         let e = cpuid.as_slice();
-        assert_eq!(e[0].ebx >> 24, 3);
-        assert_eq!((e[0].ebx >> 16) & 0xff, 4);
-        assert_ne!(e[0].ecx & HYPERVISOR, 0);
-        assert_ne!(e[0].edx & HTT, 0);
-        assert_eq!((e[1].eax, e[1].ebx, e[1].edx), (2, 4, 3));
+        assert_eq!(e[1].ebx >> 24, 3);
+        assert_eq!((e[1].ebx >> 16) & 0xff, 4);
+        assert_ne!(e[1].ecx & HYPERVISOR, 0);
+        assert_ne!(e[1].edx & HTT, 0);
+        let topo: Vec<_> = e
+            .iter()
+            .filter(|e| e.function == 0xb)
+            .map(|e| (e.index, e.eax, e.ebx, e.ecx >> 8, e.edx))
+            .collect();
+        // (sub-leaf, shift, count, level type, x2APIC id)
+        assert_eq!(topo, [(0, 0, 1, 1, 3), (1, 2, 4, 2, 3), (2, 0, 0, 0, 3)]);
     }
 }
