@@ -411,6 +411,10 @@ impl Vmm {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.serial.lock().expect("serial lock").flush_output();
+        if let Some(path) = &self.config.api_sock {
+            // Nobody answers on it any more; a stale socket only confuses clients.
+            let _ = std::fs::remove_file(path);
+        }
 
         let vcpu_event = rx.try_recv().ok();
         let exit = if let Some(VcpuEvent::Error { id, reason }) = vcpu_event {
