@@ -158,3 +158,65 @@ fn vm_info(vm: &VmHandles) -> VmInfo {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::vstate::vcpu::VcpuControl;
+
+    fn handles() -> VmHandles {
+        VmHandles {
+            metrics: Arc::new(Metrics::default()),
+            vcpus: Arc::new(VcpuControl::default()),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            exit_evt: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+            vcpu_count: 2,
+            mem_mib: 256,
+        }
+    }
+
+    fn req(method: &str, path: &str, body: &str) -> Request {
+        Request {
+            method: method.into(),
+            path: path.into(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn routes() {
+        let vm = handles();
+        let r = route(&req("GET", "/vm", ""), &vm);
+        assert_eq!(r.status, 200);
+        let info: VmInfo = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (info.state.as_str(), info.vcpus, info.mem_mib),
+            ("running", 2, 256)
+        );
+        assert_eq!(info.boot.guest_ready_us, None);
+        assert_eq!(route(&req("GET", "/metrics", ""), &vm).status, 200);
+        assert_eq!(route(&req("DELETE", "/vm", ""), &vm).status, 405);
+        assert_eq!(route(&req("GET", "/drives/rootfs", ""), &vm).status, 404);
+        let bad = route(&req("PUT", "/vm/actions", r#"{"action":"pause"}"#), &vm);
+        assert_eq!(bad.status, 400);
+        assert!(bad.body.unwrap().contains("unknown field `action`"));
+    }
+
+    #[test]
+    fn shutdown_signals_the_vmm() {
+        let vm = handles();
+        let r = route(
+            &req("PUT", "/vm/actions", r#"{"action_type":"shutdown"}"#),
+            &vm,
+        );
+        assert_eq!(r.status, 204);
+        assert!(vm.shutdown.load(Ordering::Relaxed));
+        assert_eq!(vm.exit_evt.read().unwrap(), 1);
+    }
+}
