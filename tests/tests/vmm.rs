@@ -83,6 +83,20 @@ fn vmm_config_errors_before_kvm() {
         assert!(stderr.contains(want), "ward-vmm {args:?}: {stderr}");
         assert!(!stderr.contains("/dev/kvm"), "{stderr}");
     }
+    // Huge pages that are not reserved: said when mapping, not as a failed kernel load.
+    let free_huge: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    if free_huge < 64 {
+        let (code, stderr) = vmm_without_kvm(&["--kernel", kernel, "--hugepages"]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains("guest memory at 0x0 on huge pages: Cannot allocate memory"),
+            "{stderr}"
+        );
+    }
     // The same namespace trick does hide KVM: a valid configuration gets that far.
     let (code, stderr) = vmm_without_kvm(&["--kernel", kernel]);
     assert_eq!(code, 3, "{stderr}");

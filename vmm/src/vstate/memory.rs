@@ -1,4 +1,5 @@
-//! Guest memory: anonymous mappings (optionally 2 MiB huge pages) laid out by
+//! Guest memory: anonymous mappings (optionally 2 MiB huge pages, which must be reserved
+//! in `/proc/sys/vm/nr_hugepages`) laid out by
 //! `arch::memory_ranges`, registered with KVM one slot per range.
 
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
@@ -19,10 +20,13 @@ pub enum MemoryError {
 /// Maps `mem_bytes` of guest RAM. Pages are only touched (and so only count in the VMM's
 /// RSS) when the guest or the loader writes them.
 pub fn create(mem_bytes: u64, hugepages: bool) -> Result<GuestMemoryMmap, MemoryError> {
-    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-    if hugepages {
-        flags |= libc::MAP_HUGETLB;
-    }
+    let flags = if hugepages {
+        // Huge pages are reserved at mmap time (no MAP_NORESERVE): too few free huge pages
+        // is an error here, not a fault later when the kernel image is copied in.
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB
+    } else {
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE
+    };
     let mut regions = Vec::new();
     for (addr, size) in crate::arch::memory_ranges(mem_bytes) {
         let mapping = MmapRegion::build(None, size, libc::PROT_READ | libc::PROT_WRITE, flags)
