@@ -45,6 +45,9 @@ pub struct VmConfig {
     /// Control API socket (HTTP over a Unix socket).
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
+    /// Run under the seccomp filter of `seccomp.rs` once the guest starts.
+    #[serde(default = "default_seccomp")]
+    pub seccomp: bool,
 }
 
 /// Destination of the guest's serial console output.
@@ -62,6 +65,10 @@ pub enum SerialOutput {
 
 fn default_vcpus() -> u8 {
     1
+}
+
+fn default_seccomp() -> bool {
+    true
 }
 
 fn default_mem_mib() -> u32 {
@@ -118,6 +125,7 @@ impl VmConfig {
             hugepages: false,
             serial: SerialOutput::Stdout,
             api_sock: None,
+            seccomp: true,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod devices;
 pub mod machine;
 pub mod metrics;
+pub mod seccomp;
 pub mod vstate;
 
 pub use config::VmConfig;

@@ -69,6 +69,8 @@ pub enum VmmError {
     },
     #[error("control API: {0}")]
     Api(#[from] crate::api::ApiError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmmError {
@@ -386,6 +388,9 @@ impl Vmm {
                 first_run / 1000,
                 first_run % 1000
             );
+        }
+        if self.config.seccomp {
+            crate::seccomp::install()?;
         }
         vcpu::start(
             vcpus,

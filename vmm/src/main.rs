@@ -1,6 +1,6 @@
 //! `ward-vmm`: boots one microVM from a JSON config (`--config`) or flags, and exits with
 //! 0 when the guest reboots or powers off, 1 when it panicked, 2 on a configuration error,
-//! 3 when KVM or the VMM failed.
+//! 3 when KVM or the VMM failed (or a system call hit the seccomp filter).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +37,9 @@ struct Args {
     /// Control API socket.
     #[arg(long)]
     api_sock: Option<PathBuf>,
+    /// Do not install the seccomp filter (for debugging a blocked system call).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 fn config(args: Args) -> anyhow::Result<VmConfig> {
@@ -70,6 +73,9 @@ fn config(args: Args) -> anyhow::Result<VmConfig> {
     }
     if args.api_sock.is_some() {
         cfg.api_sock = args.api_sock;
+    }
+    if args.no_seccomp {
+        cfg.seccomp = false;
     }
     Ok(cfg)
 }
