@@ -64,3 +64,5 @@ pub fn processes_matching(needle: &str) -> Vec<u32> {
         })
         .collect()
 }
+
+pub mod guest;
