@@ -161,3 +161,12 @@ fn user_namespace_with_valid_maps_runs() {
         Some(vec!["0", "100000", "65536"])
     );
 }
+
+/// The same tests on the guest's layout (cgroup v2), inside the nested harness.
+#[test]
+fn nest_bad_specs_leave_nothing_on_cgroup_v2() {
+    if !common::require_root("nest_bad_specs_leave_nothing_on_cgroup_v2") {
+        return;
+    }
+    common::run_self_in_l1("nest-bad-specs-leave-nothing-on-cgroup-v2");
+}

@@ -123,3 +123,12 @@ fn pause_stops_a_counter_and_resume_restarts_it() {
         common::leftovers(&b.id, b.path())
     );
 }
+
+/// The same tests on the guest's layout (cgroup v2), inside the nested harness.
+#[test]
+fn nest_cgroups_on_cgroup_v2() {
+    if !common::require_root("nest_cgroups_on_cgroup_v2") {
+        return;
+    }
+    common::run_self_in_l1("nest-cgroups-on-cgroup-v2");
+}

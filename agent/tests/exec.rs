@@ -46,3 +46,12 @@ fn exec_with_another_user_and_env() {
         common::leftovers(&b.id, b.path())
     );
 }
+
+/// The same tests on the guest's layout (cgroup v2), inside the nested harness.
+#[test]
+fn nest_exec_on_cgroup_v2() {
+    if !common::require_root("nest_exec_on_cgroup_v2") {
+        return;
+    }
+    common::run_self_in_l1("nest-exec-on-cgroup-v2");
+}

@@ -170,3 +170,12 @@ fn terminal_mode_gives_a_pty() {
     assert!(out.contains("got:hello"), "{out}");
     c.delete().unwrap();
 }
+
+/// The same tests on the guest's layout (cgroup v2), inside the nested harness.
+#[test]
+fn nest_isolation_on_cgroup_v2() {
+    if !common::require_root("nest_isolation_on_cgroup_v2") {
+        return;
+    }
+    common::run_self_in_l1("nest-isolation-on-cgroup-v2");
+}

@@ -48,3 +48,12 @@ fn sigkill_is_137_and_state_follows() {
         common::leftovers(&b.id, b.path())
     );
 }
+
+/// The same tests on the guest's layout (cgroup v2), inside the nested harness.
+#[test]
+fn nest_lifecycle_on_cgroup_v2() {
+    if !common::require_root("nest_lifecycle_on_cgroup_v2") {
+        return;
+    }
+    common::run_self_in_l1("nest-lifecycle-on-cgroup-v2");
+}

@@ -72,3 +72,12 @@ fn overlay_copy_on_write_and_whiteouts() {
         common::leftovers(&b.id, b.path())
     );
 }
+
+/// The same tests on the guest's layout (cgroup v2), inside the nested harness.
+#[test]
+fn nest_overlay_on_guest_layout() {
+    if !common::require_root("nest_overlay_on_guest_layout") {
+        return;
+    }
+    common::run_self_in_l1("nest-overlay-on-guest-layout");
+}
