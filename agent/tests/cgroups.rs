@@ -124,6 +124,33 @@ fn pause_stops_a_counter_and_resume_restarts_it() {
     );
 }
 
+#[test]
+fn update_changes_limits_of_a_running_container() {
+    if !require_root("update_changes_limits_of_a_running_container") {
+        return;
+    }
+    let b = Bundle::new("update");
+    let mut c = Container::create(b.options(spec(default_spec(&["sleep", "100"])))).unwrap();
+    c.start().unwrap();
+    let before = c.stats().unwrap();
+    assert_eq!(before.pids_limit, u64::MAX);
+    let res: oci_spec::runtime::LinuxResources = serde_json::from_value(serde_json::json!({
+        "pids": { "limit": 7 },
+        "memory": { "limit": 64 << 20 }
+    }))
+    .unwrap();
+    c.update(&res).unwrap();
+    let after = c.stats().unwrap();
+    assert_eq!((after.pids_limit, after.memory_limit), (7, 64 << 20));
+    assert_eq!(after.pids_current, 1);
+    c.delete().unwrap();
+    assert!(
+        common::leftovers(&b.id, b.path()).is_empty(),
+        "{:?}",
+        common::leftovers(&b.id, b.path())
+    );
+}
+
 /// The same tests on the guest's layout (cgroup v2), inside the nested harness.
 #[test]
 fn nest_cgroups_on_cgroup_v2() {

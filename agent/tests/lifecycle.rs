@@ -49,6 +49,42 @@ fn sigkill_is_137_and_state_follows() {
     );
 }
 
+#[test]
+fn a_dropped_container_is_deleted() {
+    if !require_root("a_dropped_container_is_deleted") {
+        return;
+    }
+    let b = Bundle::new("dropped");
+    // No PID namespace: the background sleep survives its parent unless delete kills it.
+    let secs = format!("{}", 100_000 + std::process::id());
+    let mut s = default_spec(&["sh", "-c", &format!("sleep {secs} & sleep {secs}")]);
+    s["linux"]["namespaces"] = serde_json::json!([{ "type": "mount" }, { "type": "uts" }]);
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["type"] != "proc" && m["type"] != "mqueue");
+    s["linux"]["maskedPaths"] = serde_json::json!([]);
+    s["linux"]["readonlyPaths"] = serde_json::json!([]);
+    let mut c = Container::create(b.options(spec(s))).unwrap();
+    c.start().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // sh execs its last command: two sleeps.
+    assert_eq!(c.stats().unwrap().pids_current, 2);
+    drop(c);
+    let sleeping = std::fs::read_dir("/proc").unwrap().flatten().filter(|e| {
+        std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+            String::from_utf8_lossy(&c).replace('\0', " ").trim() == format!("sleep {secs}")
+        })
+    });
+    assert_eq!(
+        sleeping.count(),
+        0,
+        "a sleep of the dropped container survived"
+    );
+    let left = common::leftovers(&b.id, b.path());
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// The same tests on the guest's layout (cgroup v2), inside the nested harness.
 #[test]
 fn nest_lifecycle_on_cgroup_v2() {

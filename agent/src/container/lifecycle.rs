@@ -104,6 +104,16 @@ pub struct Container {
     init_binary: PathBuf,
     exit: Option<ExitStatus>,
     io: Option<ProcessIo>,
+    deleted: bool,
+}
+
+impl Drop for Container {
+    /// A container dropped without `delete` is deleted anyway: nothing outlives its owner.
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            log::warn!("container {}: cleanup on drop: {e}", self.id);
+        }
+    }
 }
 
 /// Undoes a half-made container when create fails.
@@ -195,8 +205,27 @@ impl Container {
                 RootfsPlan::Path(p.clone())
             }
             Rootfs::Layers { lower, scratch } => {
-                for l in lower {
-                    validate::rootfs_dir(&id, l)?;
+                // A layer is a directory, or a read-only block device (an erofs/ext4 layer
+                // image attached to the guest) that init mounts under scratch/layers/<n>.
+                let mut devices = Vec::new();
+                let mut lowers = Vec::new();
+                for (n, l) in lower.iter().enumerate() {
+                    if validate::is_block_device(l) {
+                        let at = scratch.join("layers").join(n.to_string());
+                        devices.push((l.clone(), at.clone()));
+                        lowers.push(at);
+                    } else {
+                        validate::rootfs_dir(&id, l)?;
+                        lowers.push(l.clone());
+                    }
+                }
+                if !devices.is_empty() {
+                    let layers = scratch.join("layers");
+                    for (_, at) in &devices {
+                        fs::create_dir_all(at)
+                            .map_err(|e| Error::io("mkdir layer mount point", at, e))?;
+                    }
+                    cleanup.dirs.push(layers);
                 }
                 let (upper, work, target) = (
                     scratch.join("upper"),
@@ -215,7 +244,8 @@ impl Container {
                     cleanup.dirs.push(d.clone());
                 }
                 RootfsPlan::Overlay {
-                    lower: lower.clone(),
+                    devices,
+                    lower: lowers,
                     upper,
                     work,
                     target,
@@ -228,16 +258,6 @@ impl Container {
         let cgroup_v2 = cgroup.is_v2();
         cleanup.cgroup = Some(cgroup);
         let cgroup = cleanup.cgroup.as_ref().expect("just set");
-        if let Some(res) = opts
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().as_ref())
-        {
-            let mut res = res.clone();
-            res.set_devices(super::devices::cgroup_rules(&opts.spec));
-            cgroup.apply(&res)?;
-        }
 
         let init_binary = spawn::init_binary(opts.init_binary.as_deref());
         let mut helper = spawn::spawn(&init_binary, opts.stdio)?;
@@ -295,6 +315,18 @@ impl Container {
                 "init exited before the rootfs was ready ({status:?})"
             )));
         };
+        // Limits apply once the rootfs is built, as runc does: the device rules would
+        // otherwise refuse init the layer devices and nodes it mounts and creates.
+        if let Some(res) = opts
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+        {
+            let mut res = res.clone();
+            res.set_devices(super::devices::cgroup_rules(&opts.spec));
+            cgroup.apply(&res)?;
+        }
         // The helper exits right after reporting the pid; reap it.
         let _ = helper.child.wait();
         cleanup.pids.retain(|p| *p != helper_pid);
@@ -312,6 +344,7 @@ impl Container {
             init_binary,
             exit: None,
             io: Some(helper.io),
+            deleted: false,
         };
         cleanup.pids.clear();
         container.save_state();
@@ -500,16 +533,38 @@ impl Container {
     /// Kills whatever still runs, reaps the container process, removes the cgroup, scratch
     /// and state directories. Mounts go with the container's mount namespace.
     pub fn delete(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    /// What delete does; idempotent, so Drop can finish a container nobody deleted.
+    fn teardown(&mut self) -> Result<()> {
+        if self.deleted {
+            return Ok(());
+        }
         if self.exit.is_none() {
             if let Some(pid) = self.pid {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
-        for pid in self.cgroup.pids() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        if self.status == Status::Paused {
-            self.cgroup.freeze(false)?;
+        // Without a PID namespace nothing kills the rest for us; processes may fork while
+        // we kill, so repeat until the cgroup is empty (or give up and let rmdir report it).
+        for _ in 0..50 {
+            let pids = self.cgroup.pids();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            if self.status == Status::Paused {
+                // v1 frozen tasks die only once thawed.
+                self.cgroup.freeze(false)?;
+                self.status = Status::Running;
+            }
+            if self.exit.is_none() && self.pid.is_some() {
+                self.wait()?;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
         self.barrier = None;
         if self.exit.is_none() && self.pid.is_some() {
@@ -517,16 +572,14 @@ impl Container {
         }
         self.cgroup.destroy()?;
         for d in self.owned_dirs.iter().rev() {
-            fs::remove_dir_all(d)
-                .or_else(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(|e| Error::io("remove", d, e))?;
+            match fs::remove_dir_all(d) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io("remove", d, e));
+                }
+                _ => {}
+            }
         }
+        self.deleted = true;
         Ok(())
     }
 

@@ -22,8 +22,10 @@ pub const INIT_SOCKET_ENV: &str = "_WARD_INIT_SOCKET";
 pub enum RootfsPlan {
     /// Bind an existing directory onto itself and pivot into it.
     Path(PathBuf),
-    /// Mount overlayfs of `lower` (top first) with `upper`/`work` on `target`.
+    /// Mount overlayfs of `lower` (top first) with `upper`/`work` on `target`, after
+    /// mounting each read-only layer device of `devices` on its directory.
     Overlay {
+        devices: Vec<(PathBuf, PathBuf)>,
         lower: Vec<PathBuf>,
         upper: PathBuf,
         work: PathBuf,

@@ -52,11 +52,15 @@ pub fn build(spec: &Spec, plan: &RootfsPlan, cgroup_v2: bool, in_user_ns: bool) 
             path.clone()
         }
         RootfsPlan::Overlay {
+            devices,
             lower,
             upper,
             work,
             target,
         } => {
+            for (dev, at) in devices {
+                mount_layer_device(dev, at)?;
+            }
             let lowers: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
             let data = format!(
                 "lowerdir={},upperdir={},workdir={}",
@@ -124,6 +128,31 @@ pub fn build(spec: &Spec, plan: &RootfsPlan, cgroup_v2: bool, in_user_ns: bool) 
         remount_readonly(Path::new("/"), MsFlags::empty())?;
     }
     Ok(())
+}
+
+/// Mounts a read-only layer device: erofs (what ward builds), else ext4 (the fallback).
+fn mount_layer_device(dev: &Path, at: &Path) -> Result<()> {
+    let mut last = nix::errno::Errno::EINVAL;
+    for fstype in ["erofs", "ext4"] {
+        match mount(
+            Some(dev),
+            at,
+            Some(fstype),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(Error::sys(
+        format!(
+            "mount layer device {} (erofs or ext4) on {}",
+            dev.display(),
+            at.display()
+        ),
+        last,
+    ))
 }
 
 /// `pivot_root(".", ".")` then a lazy unmount of the old root, as runc does: no directory

@@ -112,6 +112,12 @@ pub fn root_path(id: &str, spec: &Spec, bundle: Option<&Path>) -> Result<PathBuf
     })
 }
 
+/// Whether `path` is a block device (a layer image attached as a drive).
+pub fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
 /// A rootfs or layer directory must exist.
 pub fn rootfs_dir(id: &str, path: &Path) -> Result<()> {
     if path.is_dir() {
