@@ -47,6 +47,36 @@ fn exec_with_another_user_and_env() {
     );
 }
 
+#[test]
+fn exec_with_a_terminal() {
+    if !require_root("exec_with_a_terminal") {
+        return;
+    }
+    let b = Bundle::new("exectty");
+    let mut c = Container::create(b.options(spec(default_spec(&["sleep", "100"])))).unwrap();
+    c.start().unwrap();
+    let process: Process = serde_json::from_value(serde_json::json!({
+        "terminal": true,
+        "user": { "uid": 0, "gid": 0 },
+        "args": ["sh", "-c", "tty; read x; echo got:$x"],
+        "env": ["PATH=/bin"],
+        "cwd": "/"
+    }))
+    .unwrap();
+    let mut p = c.exec(&process, Stdio::Terminal).unwrap();
+    let mut master = p.take_io().unwrap().terminal.expect("pty master");
+    std::io::Write::write_all(&mut master, b"ping\n").unwrap();
+    assert_eq!(p.wait().unwrap().code, 0);
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut master, &mut out);
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("/dev/pts/0") && out.contains("got:ping"),
+        "{out}"
+    );
+    c.delete().unwrap();
+}
+
 /// The same tests on the guest's layout (cgroup v2), inside the nested harness.
 #[test]
 fn nest_exec_on_cgroup_v2() {

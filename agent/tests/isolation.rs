@@ -150,7 +150,7 @@ fn terminal_mode_gives_a_pty() {
     let mut s = default_spec(&[
         "sh",
         "-c",
-        "test -t 0 && test -t 1 && echo isatty; stty size; read line; echo got:$line",
+        "tty; test -t 0 && test -t 1 && echo isatty; read line; echo got:$line",
     ]);
     s["process"]["terminal"] = serde_json::json!(true);
     let mut opts = b.options(spec(s));
@@ -167,6 +167,8 @@ fn terminal_mode_gives_a_pty() {
     let out = String::from_utf8_lossy(&out);
     assert_eq!(status.code, 0, "{out}");
     assert!(out.contains("isatty"), "{out}");
+    // The pty lives in the container's own devpts instance, as with runc.
+    assert!(out.contains("/dev/pts/0"), "{out}");
     assert!(out.contains("got:hello"), "{out}");
     c.delete().unwrap();
 }

@@ -94,7 +94,7 @@ pub(crate) fn run(
             process: Box::new(process.clone()),
         },
         namespaces,
-        terminal: helper.terminal,
+        terminal: helper.terminal(),
         cgroup_v2: cgroup.is_v2(),
     };
     let proto = |reason: String| Error::Protocol {
@@ -138,6 +138,9 @@ pub(crate) fn run(
         }
     }
     if let Some(e) = failure {
+        return Err(abort(&mut helper, pid, e));
+    }
+    if let Err(e) = helper.take_console(id) {
         return Err(abort(&mut helper, pid, e));
     }
     let _ = helper.child.wait();

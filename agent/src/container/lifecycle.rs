@@ -272,7 +272,7 @@ impl Container {
             spec: Box::new(opts.spec.clone()),
             mode: InitMode::Create { rootfs: plan },
             namespaces: ns_plan,
-            terminal: helper.terminal,
+            terminal: helper.terminal(),
             cgroup_v2,
         };
         let proto = |reason: String| Error::Protocol {
@@ -327,6 +327,7 @@ impl Container {
             res.set_devices(super::devices::cgroup_rules(&opts.spec));
             cgroup.apply(&res)?;
         }
+        helper.take_console(&id)?;
         // The helper exits right after reporting the pid; reap it.
         let _ = helper.child.wait();
         cleanup.pids.retain(|p| *p != helper_pid);

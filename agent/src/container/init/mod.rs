@@ -28,6 +28,15 @@ pub fn main() -> ! {
     // learns the exec succeeded.
     // SAFETY: fcntl on an fd we own, with an integer argument.
     unsafe { libc::fcntl(INIT_SOCKET_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Same for the console socket, if any (fcntl on a closed fd just fails).
+    // SAFETY: as above.
+    unsafe {
+        libc::fcntl(
+            super::spawn::CONSOLE_SOCKET_FD,
+            libc::F_SETFD,
+            libc::FD_CLOEXEC,
+        )
+    };
     let cfg = match recv::<ToInit>(&mut sock) {
         Ok(Some(ToInit::Config(cfg))) => cfg,
         other => {
@@ -119,19 +128,13 @@ fn child(cfg: &InitConfig, sock: &mut UnixStream, in_user_ns: bool) -> Result<()
     // Its own session: signals to the library's process group do not reach the container,
     // and a terminal can become its controlling one.
     nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
-    if cfg.terminal {
-        // SAFETY: TIOCSCTTY on fd 0 (the pty slave) takes an integer argument.
-        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
-            return Err(Error::sys(
-                "TIOCSCTTY on the pty slave",
-                nix::errno::Errno::last(),
-            ));
-        }
-    }
     let process = match &cfg.mode {
         InitMode::Create { rootfs: plan } => {
             rootfs::build(&cfg.spec, plan, cfg.cgroup_v2, in_user_ns)?;
             rootfs::apply_identity(&cfg.spec)?;
+            if cfg.terminal {
+                open_terminal()?;
+            }
             send(sock, &FromInit::Ready).map_err(|e| proto(cfg, &e.to_string()))?;
             match recv::<ToInit>(sock) {
                 Ok(Some(ToInit::Start)) => {}
@@ -147,10 +150,52 @@ fn child(cfg: &InitConfig, sock: &mut UnixStream, in_user_ns: bool) -> Result<()
                     reason: "missing".into(),
                 })?
         }
-        InitMode::Exec { process } => (**process).clone(),
+        InitMode::Exec { process } => {
+            if cfg.terminal {
+                open_terminal()?;
+            }
+            (**process).clone()
+        }
     };
     let Err(e) = process::exec(&cfg.spec, &process);
     Err(e)
+}
+
+/// Opens a pty in the container's devpts, makes its slave our stdio and controlling
+/// terminal, and sends the master to the library over the console socket.
+fn open_terminal() -> Result<()> {
+    use nix::fcntl::OFlag;
+    use std::os::fd::AsRawFd;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| Error::sys("open /dev/ptmx in the container (is /dev/pts mounted?)", e))?;
+    nix::pty::grantpt(&master).map_err(|e| Error::sys("grantpt", e))?;
+    nix::pty::unlockpt(&master).map_err(|e| Error::sys("unlockpt", e))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| Error::sys("ptsname", e))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::sys(format!("open pty slave {name}"), e))?;
+    for target in 0..=2 {
+        // SAFETY: dup2 onto the standard descriptors of this single-threaded process.
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(Error::sys(
+                format!("dup2 {name} onto fd {target}"),
+                nix::errno::Errno::last(),
+            ));
+        }
+    }
+    drop(slave);
+    // SAFETY: TIOCSCTTY on fd 0 (the pty slave) takes an integer argument.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(Error::sys(
+            format!("TIOCSCTTY on {name}"),
+            nix::errno::Errno::last(),
+        ));
+    }
+    super::spawn::send_fd(super::spawn::CONSOLE_SOCKET_FD, master.as_raw_fd())
+        .map_err(|e| Error::sys("send the pty master over the console socket", e))
 }
 
 /// Sends `ask`, then waits for the reply `ok` accepts.
