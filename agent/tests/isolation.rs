@@ -173,6 +173,106 @@ fn terminal_mode_gives_a_pty() {
     c.delete().unwrap();
 }
 
+#[test]
+fn namespaces_joined_by_path_and_identity() {
+    if !require_root("namespaces_joined_by_path_and_identity") {
+        return;
+    }
+    let a = Bundle::new("nsowner");
+    let mut sa = default_spec(&["sleep", "100"]);
+    sa["hostname"] = serde_json::json!("owner");
+    let mut owner = Container::create(a.options(spec(sa))).unwrap();
+    owner.start().unwrap();
+    let pid = owner.pid().unwrap();
+
+    // The second container joins the first one's network and UTS namespaces by path, and
+    // sets a domainname and a sysctl of its own IPC namespace.
+    let b = Bundle::new("nsjoiner");
+    let mut sb = default_spec(&[
+        "sh",
+        "-c",
+        "readlink /proc/self/ns/net; hostname; cat /proc/sys/kernel/domainname; cat /proc/sys/kernel/msgmax",
+    ]);
+    sb["linux"]["namespaces"] = serde_json::json!([
+        { "type": "pid" }, { "type": "ipc" }, { "type": "mount" },
+        { "type": "network", "path": format!("/proc/{pid}/ns/net") },
+        { "type": "uts", "path": format!("/proc/{pid}/ns/uts") }
+    ]);
+    sb.as_object_mut().unwrap().remove("hostname"); // joined UTS: the owner's name
+    sb["domainname"] = serde_json::json!("example.test");
+    sb["linux"]["sysctl"] = serde_json::json!({ "kernel.msgmax": "4242" });
+    let out = common::run(b.options(spec(sb)));
+    assert_eq!(out.status.code, 0, "{out:?}");
+    let owner_net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [owner_net.to_str().unwrap(), "owner", "example.test", "4242"],
+        "{out:?}"
+    );
+    // The host's value is untouched.
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/msgmax")
+            .unwrap()
+            .trim(),
+        "4242"
+    );
+    owner.delete().unwrap();
+}
+
+#[test]
+fn process_attributes_rlimits_umask_oom_score() {
+    if !require_root("process_attributes_rlimits_umask_oom_score") {
+        return;
+    }
+    let b = Bundle::new("procattr");
+    let mut s = default_spec(&[
+        "sh",
+        "-c",
+        "ulimit -n; umask; cat /proc/self/oom_score_adj; echo $GREETING; pwd",
+    ]);
+    s["process"]["rlimits"] =
+        serde_json::json!([{ "type": "RLIMIT_NOFILE", "hard": 321, "soft": 123 }]);
+    s["process"]["user"]["umask"] = serde_json::json!(0o027);
+    s["process"]["oomScoreAdj"] = serde_json::json!(500);
+    s["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!("GREETING=hi"));
+    s["process"]["cwd"] = serde_json::json!("/etc");
+    let out = common::run(b.options(spec(s)));
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines, ["123", "0027", "500", "hi", "/etc"], "{out:?}");
+}
+
+#[test]
+fn device_cgroup_allows_only_listed_devices() {
+    if !require_root("device_cgroup_allows_only_listed_devices") {
+        return;
+    }
+    if ward_agent::container::cgroups::unified() {
+        eprintln!(
+            "SKIP device_cgroup_allows_only_listed_devices: cgroup v2 device rules are a documented gap"
+        );
+        return;
+    }
+    let b = Bundle::new("devices");
+    let mut s = default_spec(&[
+        "sh",
+        "-c",
+        "mknod /tmp/null c 1 3 && echo allowed; mknod /tmp/fuse c 10 229 || echo denied",
+    ]);
+    for set in ["bounding", "effective", "permitted"] {
+        s["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!("CAP_MKNOD"));
+    }
+    let out = common::run(b.options(spec(s)));
+    assert_eq!(out.stdout, "allowed\ndenied\n", "{out:?}");
+    assert!(out.stderr.contains("Operation not permitted"), "{out:?}");
+}
+
 /// The same tests on the guest's layout (cgroup v2), inside the nested harness.
 #[test]
 fn nest_isolation_on_cgroup_v2() {

@@ -105,7 +105,13 @@ pub fn build(spec: &Spec, plan: &RootfsPlan, cgroup_v2: bool, in_user_ns: bool) 
         devices::create_links(&root)?;
     }
 
-    pivot(&root)?;
+    pivot(&root)
+}
+
+/// `maskedPaths`, `readonlyPaths`, `root.readonly`: last, after sysctls are written (as
+/// runc orders them), since /proc/sys is usually read-only.
+pub fn protect(spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
 
     for p in linux
         .and_then(|l| l.masked_paths().clone())

@@ -132,6 +132,7 @@ fn child(cfg: &InitConfig, sock: &mut UnixStream, in_user_ns: bool) -> Result<()
         InitMode::Create { rootfs: plan } => {
             rootfs::build(&cfg.spec, plan, cfg.cgroup_v2, in_user_ns)?;
             rootfs::apply_identity(&cfg.spec)?;
+            rootfs::protect(&cfg.spec)?;
             if cfg.terminal {
                 open_terminal()?;
             }
