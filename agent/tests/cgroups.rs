@@ -151,6 +151,47 @@ fn update_changes_limits_of_a_running_container() {
     );
 }
 
+#[test]
+fn blkio_throttle_and_io_stats() {
+    if !require_root("blkio_throttle_and_io_stats") {
+        return;
+    }
+    // The disk holding /tmp (where the bundle lives): whole-disk major:minor.
+    let dev = nix::sys::stat::stat("/tmp").unwrap().st_dev;
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    if major == 0 {
+        eprintln!("SKIP blkio_throttle_and_io_stats: /tmp is not on a block device");
+        return;
+    }
+    let b = Bundle::new("blkio");
+    let mut s = default_spec(&[
+        "dd",
+        "if=/dev/zero",
+        "of=/tmp/f",
+        "bs=64k",
+        "count=48",
+        "oflag=direct",
+    ]);
+    s["linux"]["resources"]["blockIO"] = serde_json::json!({
+        "throttleWriteBpsDevice": [{ "major": major, "minor": minor, "rate": 1 << 20 }]
+    });
+    let mut c = Container::create(b.options(spec(s))).unwrap();
+    let t = Instant::now();
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap().code, 0);
+    let elapsed = t.elapsed();
+    let st = c.stats().unwrap();
+    c.delete().unwrap();
+    eprintln!("3 MiB direct write at 1 MiB/s: {elapsed:?}, io stats {st:?}");
+    assert!(st.io_write_bytes >= 3 << 20, "{st:?}");
+    assert!(st.io_write_ops >= 48, "{st:?}");
+    // 3 MiB at 1 MiB/s, minus the throttle's initial burst allowance.
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "not throttled: {elapsed:?}"
+    );
+}
+
 /// The same tests on the guest's layout (cgroup v2), inside the nested harness.
 #[test]
 fn nest_cgroups_on_cgroup_v2() {
