@@ -250,12 +250,6 @@ fn device_cgroup_allows_only_listed_devices() {
     if !require_root("device_cgroup_allows_only_listed_devices") {
         return;
     }
-    if ward_agent::container::cgroups::unified() {
-        eprintln!(
-            "SKIP device_cgroup_allows_only_listed_devices: cgroup v2 device rules are a documented gap"
-        );
-        return;
-    }
     let b = Bundle::new("devices");
     let mut s = default_spec(&[
         "sh",

@@ -2,6 +2,7 @@
 //! mounted at /sys/fs/cgroup: cgroup2 there means v2 (the guest), anything else v1 (the host
 //! here, hybrid layout).
 
+pub mod devices_bpf;
 pub mod stats;
 pub mod v1;
 pub mod v2;
