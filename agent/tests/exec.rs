@@ -17,7 +17,7 @@ fn exec_with_another_user_and_env() {
     c.start().unwrap();
     let process: Process = serde_json::from_value(serde_json::json!({
         "user": { "uid": 1000, "gid": 1000 },
-        "args": ["sh", "-c", "id -u; echo $FOO; pwd; cat /proc/1/comm; hostname"],
+        "args": ["sh", "-c", "id -u; echo $FOO; pwd; cat /proc/1/comm; hostname; grep PPid /proc/self/status"],
         "env": ["PATH=/bin", "FOO=bar"],
         "cwd": "/tmp"
     }))
@@ -28,8 +28,13 @@ fn exec_with_another_user_and_env() {
     let st = p.wait().unwrap();
     let (out, err) = (out.join().unwrap(), err.join().unwrap());
     assert_eq!(st.code, 0, "{err}");
-    // Same PID namespace as the container (PID 1 is its sleep), same hostname.
-    assert_eq!(out, "1000\nbar\n/tmp\nsleep\nward\n", "stderr: {err}");
+    // Same PID namespace as the container (PID 1 is its sleep), same hostname; its parent is
+    // the library, outside the namespace (PPid 0), so the container's PID 1 never has to
+    // reap it.
+    assert_eq!(
+        out, "1000\nbar\n/tmp\nsleep\nward\nPPid:\t0\n",
+        "stderr: {err}"
+    );
 
     // An exec of a missing binary fails with a clear error.
     let mut bad = process.clone();

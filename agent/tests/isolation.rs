@@ -267,6 +267,34 @@ fn device_cgroup_allows_only_listed_devices() {
     assert!(out.stderr.contains("Operation not permitted"), "{out:?}");
 }
 
+#[test]
+fn spec_mounts_with_their_options() {
+    if !require_root("spec_mounts_with_their_options") {
+        return;
+    }
+    let b = Bundle::new("mountopts");
+    let shared = b.path().join("shared");
+    std::fs::create_dir_all(shared.join("sub")).unwrap();
+    std::fs::write(shared.join("file"), "from host\n").unwrap();
+    let mut s = default_spec(&[
+        "sh",
+        "-c",
+        "cat /data/file; touch /data/x || echo ro-ok; cp /bin/busybox /scratch/bb; /scratch/bb true || echo noexec-ok; \
+         grep ' /scratch ' /proc/self/mountinfo | grep -q 'nosuid,nodev,noexec' && echo flags-ok",
+    ]);
+    let mounts = s["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({ "destination": "/data", "type": "bind", "source": shared, "options": ["rbind", "ro", "rprivate"] }));
+    mounts.push(serde_json::json!({ "destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "noexec", "size=8m"] }));
+    let out = common::run(b.options(spec(s)));
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["from host", "ro-ok", "noexec-ok", "flags-ok"],
+        "{out:?}"
+    );
+    assert!(!shared.join("x").exists());
+}
+
 /// The same tests on the guest's layout (cgroup v2), inside the nested harness.
 #[test]
 fn nest_isolation_on_cgroup_v2() {
