@@ -14,12 +14,23 @@ fn namespaces_are_isolated() {
         return;
     }
     let b = Bundle::new("ns");
-    let kinds = ["pid", "mnt", "uts", "ipc", "net", "cgroup"];
+    let mut kinds = vec!["pid", "mnt", "uts", "ipc", "net", "cgroup"];
+    let time_ns = std::path::Path::new("/proc/self/ns/time").exists(); // CONFIG_TIME_NS
+    if time_ns {
+        kinds.push("time");
+    }
     let script = format!(
         "for n in {}; do readlink /proc/self/ns/$n; done; echo ---; ps -o pid,comm; echo ---; hostname",
         kinds.join(" ")
     );
-    let out = run(b.options(spec(default_spec(&["sh", "-c", &script]))));
+    let mut s = default_spec(&["sh", "-c", &script]);
+    if time_ns {
+        s["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({ "type": "time" }));
+    }
+    let out = run(b.options(spec(s)));
     assert_eq!(out.status.code, 0, "{out:?}");
     let parts: Vec<&str> = out.stdout.split("---\n").collect();
     assert_eq!(parts.len(), 3, "{out:?}");

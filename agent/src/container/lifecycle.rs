@@ -59,7 +59,8 @@ pub struct ExitStatus {
 }
 
 impl ExitStatus {
-    pub(crate) fn from_wait(status: WaitStatus) -> Option<Self> {
+    /// From a waitpid status; `None` for stops and continues.
+    pub fn from_wait(status: WaitStatus) -> Option<Self> {
         match status {
             WaitStatus::Exited(_, code) => Some(Self {
                 code,
@@ -469,6 +470,12 @@ impl Container {
             Ok(status) => Ok(ExitStatus::from_wait(status).map(|e| self.exited(e))),
             Err(e) => Err(Error::sys(format!("waitpid {pid}"), e)),
         }
+    }
+
+    /// Records an exit the caller reaped itself (an async server waits for the pid on its
+    /// own task instead of calling [`Container::wait`]); fills in `oom_killed`.
+    pub fn mark_exited(&mut self, exit: ExitStatus) -> ExitStatus {
+        self.exited(exit)
     }
 
     fn exited(&mut self, mut exit: ExitStatus) -> ExitStatus {

@@ -56,6 +56,7 @@ fn run(cfg: &InitConfig, sock: &mut UnixStream) -> Result<()> {
     let mut new = CloneFlags::empty();
     let mut joins = Vec::new();
     let mut new_user = false;
+    let mut new_time = false;
     for kind in JOIN_ORDER {
         let Some(ns) = cfg.namespaces.iter().find(|n| n.kind == kind) else {
             continue;
@@ -63,6 +64,9 @@ fn run(cfg: &InitConfig, sock: &mut UnixStream) -> Result<()> {
         match &ns.path {
             Some(path) => joins.push((kind, open_path(path)?, path.clone())),
             None if kind == LinuxNamespaceType::User => new_user = true,
+            // clone(2) reads its low byte as the exit signal: CLONE_NEWTIME (0x80) only
+            // works through unshare, which puts our future children in the new namespace.
+            None if kind == LinuxNamespaceType::Time => new_time = true,
             None => new |= clone_flag(kind),
         }
     }
@@ -92,6 +96,10 @@ fn run(cfg: &InitConfig, sock: &mut UnixStream) -> Result<()> {
             .map_err(|e| Error::sys("setresgid 0 in the new user namespace", e))?;
         setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
             .map_err(|e| Error::sys("setresuid 0 in the new user namespace", e))?;
+    }
+    if new_time {
+        unshare(clone_flag(LinuxNamespaceType::Time))
+            .map_err(|e| Error::sys("unshare time namespace", e))?;
     }
     let in_user_ns = new_user || joins.iter().any(|(k, ..)| *k == LinuxNamespaceType::User);
 
