@@ -162,6 +162,18 @@ fn user_namespace_with_valid_maps_runs() {
     );
 }
 
+#[test]
+fn unsupported_seccomp_action() {
+    if !require_root("unsupported_seccomp_action") {
+        return;
+    }
+    let b = Bundle::new("badseccomp");
+    let mut s = default_spec(&["true"]);
+    s["linux"]["seccomp"] = json!({ "defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{ "names": ["mkdir"], "action": "SCMP_ACT_NOTIFY" }] });
+    let err = create_fails(&b, s);
+    assert!(err.contains("SCMP_ACT_NOTIFY is not supported"), "{err}");
+}
+
 /// The same tests on the guest's layout (cgroup v2), inside the nested harness.
 #[test]
 fn nest_bad_specs_leave_nothing_on_cgroup_v2() {

@@ -52,6 +52,21 @@ pub fn spec(id: &str, spec: &Spec) -> Result<()> {
             format!("{} is not absolute", process.cwd().display()),
         ));
     }
+    // Warnings go to the caller's logger (the init helper has none), and a bad seccomp
+    // profile fails here, before anything exists.
+    if process.apparmor_profile().is_some() {
+        log::warn!(
+            "container {id}: process.apparmorProfile is ignored: ward does not load AppArmor profiles"
+        );
+    }
+    if process.selinux_label().is_some() {
+        log::warn!(
+            "container {id}: process.selinuxLabel is ignored: ward does not apply SELinux labels"
+        );
+    }
+    if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        super::seccomp::compile_profile(profile)?;
+    }
     for (i, m) in spec
         .mounts()
         .as_deref()
