@@ -421,6 +421,14 @@ impl Container {
 
     /// Sends `signal` to the container process, or with `all` to every process in its cgroup.
     pub fn signal(&self, signal: Signal, all: bool) -> Result<()> {
+        if !all && self.exit.is_some() {
+            // The pid was reaped and may belong to someone else now.
+            return Err(Error::State {
+                id: self.id.clone(),
+                op: "signal",
+                state: self.status.name(),
+            });
+        }
         let pids = if all {
             self.cgroup.pids()
         } else {
