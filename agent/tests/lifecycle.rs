@@ -85,6 +85,42 @@ fn a_dropped_container_is_deleted() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+#[test]
+fn concurrent_containers_from_many_threads() {
+    if !require_root("concurrent_containers_from_many_threads") {
+        return;
+    }
+    // The AgentService calls the library from a multithreaded runtime: spawns race each
+    // other, and no descriptor may leak from one container into another or stay behind.
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = fds();
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut ids = Vec::new();
+                for n in 0..3 {
+                    let b = Bundle::new(&format!("conc{t}x{n}"));
+                    let script = format!("echo {t}-{n}; ls /proc/self/fd | wc -l");
+                    let out = common::run(b.options(spec(default_spec(&["sh", "-c", &script]))));
+                    // ls sees 0, 1, 2 and its own directory fd: nothing inherited.
+                    assert_eq!(out.stdout, format!("{t}-{n}\n4\n"), "{out:?}");
+                    ids.push(b.id.clone());
+                }
+                ids
+            })
+        })
+        .collect();
+    let ids: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    for id in &ids {
+        let left = common::leftovers(id, std::path::Path::new("/nonexistent-bundle"));
+        assert!(left.is_empty(), "{left:?}");
+    }
+    assert_eq!(fds(), before, "descriptors leaked");
+}
+
 /// The same tests on the guest's layout (cgroup v2), inside the nested harness.
 #[test]
 fn nest_lifecycle_on_cgroup_v2() {

@@ -24,19 +24,9 @@ pub fn main() -> ! {
     // SAFETY: the library passes the socket as fd 3 and nothing else in this fresh process
     // owns that descriptor.
     let mut sock = unsafe { UnixStream::from_raw_fd(INIT_SOCKET_FD) };
-    // The container process must not inherit the socket past exec: EOF is how the library
-    // learns the exec succeeded.
-    // SAFETY: fcntl on an fd we own, with an integer argument.
-    unsafe { libc::fcntl(INIT_SOCKET_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
-    // Same for the console socket, if any (fcntl on a closed fd just fails).
-    // SAFETY: as above.
-    unsafe {
-        libc::fcntl(
-            super::spawn::CONSOLE_SOCKET_FD,
-            libc::F_SETFD,
-            libc::FD_CLOEXEC,
-        )
-    };
+    // Nothing but stdio may reach the container process: not our sockets (EOF on them is
+    // how the library learns the exec succeeded), not whatever the caller leaked to us.
+    cloexec_from(INIT_SOCKET_FD);
     let cfg = match recv::<ToInit>(&mut sock) {
         Ok(Some(ToInit::Config(cfg))) => cfg,
         other => {
@@ -49,6 +39,34 @@ pub fn main() -> ! {
         std::process::exit(1);
     }
     std::process::exit(0);
+}
+
+/// Marks every descriptor from `first` up close-on-exec (runc's CloseExecFrom).
+fn cloexec_from(first: i32) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return;
+    }
+    // Kernels before 5.11: walk /proc/self/fd.
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl F_SETFD only changes the flags of a descriptor (a stale one fails).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
 }
 
 /// The helper's part: namespaces, then the clone.
