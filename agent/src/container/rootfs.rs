@@ -88,7 +88,7 @@ pub fn build(spec: &Spec, plan: &RootfsPlan, cgroup_v2: bool, in_user_ns: bool) 
         {
             dev_from_host = true;
         }
-        mounts::mount_entry(&root, m, cgroup_v2)?;
+        mounts::mount_entry(&root, m, cgroup_v2, in_user_ns)?;
     }
     if !dev_from_host {
         let mut nodes = devices::defaults();
