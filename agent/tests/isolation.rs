@@ -153,6 +153,31 @@ fn seccomp_returns_the_spec_errno() {
 }
 
 #[test]
+fn seccomp_argument_conditions() {
+    if !require_root("seccomp_argument_conditions") {
+        return;
+    }
+    let b = Bundle::new("seccompargs");
+    // kill(pid, SIGUSR1) is refused with EACCES; kill(pid, 0) goes through.
+    let mut s = default_spec(&[
+        "sh",
+        "-c",
+        "kill -0 $$ && echo zero-ok; kill -USR1 $$ || echo usr1-refused",
+    ]);
+    s["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{ "names": ["kill"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+                       "args": [{ "index": 1, "value": 10, "op": "SCMP_CMP_EQ" }] }]
+    });
+    let out = run(b.options(spec(s)));
+    assert_eq!(out.stdout, "zero-ok\nusr1-refused\n", "{out:?}");
+    assert!(
+        out.stderr.contains("Permission denied"),
+        "EACCES (13) expected: {out:?}"
+    );
+}
+
+#[test]
 fn terminal_mode_gives_a_pty() {
     if !require_root("terminal_mode_gives_a_pty") {
         return;
