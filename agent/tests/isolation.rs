@@ -186,16 +186,22 @@ fn terminal_mode_gives_a_pty() {
     let mut s = default_spec(&[
         "sh",
         "-c",
-        "tty; test -t 0 && test -t 1 && echo isatty; read line; echo got:$line",
+        "tty; test -t 0 && test -t 1 && echo isatty; read line; stty size; echo got:$line",
     ]);
     s["process"]["terminal"] = serde_json::json!(true);
     let mut opts = b.options(spec(s));
     opts.stdio = Stdio::Terminal;
     let mut c = Container::create(opts).unwrap();
     let io = c.take_io().unwrap();
-    let mut master = io.terminal.expect("a pty master");
+    let mut master = io
+        .terminal
+        .as_ref()
+        .expect("a pty master")
+        .try_clone()
+        .unwrap();
     assert!(io.stdout.is_none());
     c.start().unwrap();
+    io.resize(33, 101).unwrap();
     std::io::Write::write_all(&mut master, b"hello\n").unwrap();
     let status = c.wait().unwrap();
     let mut out = Vec::new();
@@ -206,6 +212,7 @@ fn terminal_mode_gives_a_pty() {
     // The pty lives in the container's own devpts instance, as with runc.
     assert!(out.contains("/dev/pts/0"), "{out}");
     assert!(out.contains("got:hello"), "{out}");
+    assert!(out.contains("33 101"), "window size set by resize: {out}");
     c.delete().unwrap();
 }
 

@@ -40,6 +40,11 @@ impl ExecProcess {
             .map_err(|e| Error::sys(format!("kill exec process {} with {signal}", self.pid), e))
     }
 
+    /// Records an exit the caller reaped itself (see [`super::Container::mark_exited`]).
+    pub fn mark_exited(&mut self, exit: ExitStatus) {
+        self.exit = Some(exit);
+    }
+
     pub fn wait(&mut self) -> Result<ExitStatus> {
         if let Some(e) = self.exit {
             return Ok(e);
