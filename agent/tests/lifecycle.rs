@@ -121,6 +121,67 @@ fn concurrent_containers_from_many_threads() {
     assert_eq!(fds(), before, "descriptors leaked");
 }
 
+#[test]
+fn hooks_get_the_state_on_stdin() {
+    if !require_root("hooks_get_the_state_on_stdin") {
+        return;
+    }
+    let b = Bundle::new("hooks");
+    let out_dir = b.path().join("hook-out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let hook = |name: &str| {
+        serde_json::json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("cat > {}/{name}.json; echo $WHO > {}/{name}.env", out_dir.display(), out_dir.display())],
+            "env": ["WHO=ward-test"],
+            "timeout": 5
+        })
+    };
+    let mut s = default_spec(&["true"]);
+    s["hooks"] = serde_json::json!({
+        "createRuntime": [hook("createRuntime")],
+        "prestart": [hook("prestart")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")]
+    });
+    let out = run(b.options(spec(s)));
+    assert_eq!(out.status.code, 0);
+    for (name, status) in [
+        ("createRuntime", "created"),
+        ("prestart", "created"),
+        ("poststart", "running"),
+        ("poststop", "stopped"),
+    ] {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out_dir.join(format!("{name}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(state["id"], b.id.as_str(), "{name}: {state}");
+        assert_eq!(state["status"], status, "{name}: {state}");
+        assert!(state["pid"].as_i64().unwrap() > 0, "{name}: {state}");
+        assert_eq!(
+            std::fs::read_to_string(out_dir.join(format!("{name}.env"))).unwrap(),
+            "ward-test\n"
+        );
+    }
+
+    // A failing prestart hook fails create and leaves nothing behind.
+    let b = Bundle::new("hookfail");
+    let mut s = default_spec(&["true"]);
+    s["hooks"] = serde_json::json!({ "prestart": [{ "path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 3"] }] });
+    let err = Container::create(b.options(spec(s)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Prestart hook /bin/sh") && err.contains("nope"),
+        "{err}"
+    );
+    assert!(
+        common::leftovers(&b.id, b.path()).is_empty(),
+        "{:?}",
+        common::leftovers(&b.id, b.path())
+    );
+}
+
 /// The same tests on the guest's layout (cgroup v2), inside the nested harness.
 #[test]
 fn nest_lifecycle_on_cgroup_v2() {

@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::cgroups::{self, CgroupManager, Stats};
 use super::error::{Error, Result};
 use super::exec::{self, ExecProcess};
+use super::hooks::{self, Phase};
 use super::namespaces;
 use super::options::{CreateOptions, ProcessIo, Rootfs, Stdio};
 use super::protocol::{FromInit, InitConfig, InitMode, RootfsPlan, ToInit, recv, send};
@@ -350,6 +351,10 @@ impl Container {
         };
         cleanup.pids.clear();
         container.save_state();
+        let hooks = container.spec.hooks().clone();
+        let state = container.oci_state();
+        hooks::run(hooks.as_ref(), Phase::CreateRuntime, &state)?; // on error, drop deletes
+        hooks::run(hooks.as_ref(), Phase::Prestart, &state)?;
         Ok(container)
     }
 
@@ -371,6 +376,14 @@ impl Container {
             None => {
                 self.status = Status::Running;
                 self.save_state();
+                // The spec: a failing poststart hook is logged, the container keeps running.
+                if let Err(e) = hooks::run(
+                    self.spec.hooks().as_ref(),
+                    Phase::Poststart,
+                    &self.oci_state(),
+                ) {
+                    log::warn!("container {}: {e}", self.id);
+                }
                 Ok(())
             }
             Some(FromInit::Error(message)) => {
@@ -596,6 +609,13 @@ impl Container {
             }
         }
         self.deleted = true;
+        if let Err(e) = hooks::run(
+            self.spec.hooks().as_ref(),
+            Phase::Poststop,
+            &self.oci_state(),
+        ) {
+            log::warn!("container {}: {e}", self.id);
+        }
         Ok(())
     }
 
@@ -608,6 +628,16 @@ impl Container {
                 op,
                 state: self.status.name(),
             })
+        }
+    }
+
+    fn oci_state(&self) -> State {
+        State {
+            oci_version: "1.0.2".into(),
+            id: self.id.clone(),
+            status: self.status,
+            pid: self.pid,
+            bundle: self.bundle.clone(),
         }
     }
 

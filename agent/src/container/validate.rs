@@ -64,6 +64,7 @@ pub fn spec(id: &str, spec: &Spec) -> Result<()> {
             "container {id}: process.selinuxLabel is ignored: ward does not apply SELinux labels"
         );
     }
+    super::hooks::warn_unsupported(id, spec.hooks().as_ref());
     if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         super::seccomp::compile_profile(profile)?;
     }
