@@ -123,13 +123,17 @@ fn main() -> Result<()> {
         serde_json::to_vec_pretty(&config())?,
     )?;
 
-    let mut results: Vec<(&str, Vec<Duration>)> = Vec::new();
-    for name in ["ward", "runc", "crun"] {
-        let mut times = Vec::with_capacity(runs);
-        for i in 0..runs + 3 {
+    // Interleaved (ward, runc, crun, ward, …) so a load change on the machine hits all three.
+    let names = ["ward", "runc", "crun"];
+    let mut results: Vec<(&str, Vec<Duration>)> = names
+        .iter()
+        .map(|n| (*n, Vec::with_capacity(runs)))
+        .collect();
+    for i in 0..runs + 3 {
+        for (name, times) in &mut results {
             let id = format!("bench-{name}-{i}-{}", std::process::id());
             let t = Instant::now();
-            match name {
+            match *name {
                 "ward" => ward_once(dir.path(), &id, &agent)?,
                 _ => cli_once(name, dir.path(), &id)?,
             }
@@ -137,11 +141,12 @@ fn main() -> Result<()> {
                 times.push(t.elapsed()); // the first 3 warm caches
             }
         }
+    }
+    for (_, times) in &mut results {
         times.sort();
-        results.push((name, times));
     }
     let ward_p50 = percentile(&results[0].1, 0.5);
-    println!("create+start+wait+delete of /bin/true, {runs} runs each, same bundle:");
+    println!("create+start+wait+delete of /bin/true, {runs} runs each, interleaved, same bundle:");
     println!(
         "{:<6} {:>10} {:>10} {:>10} {:>12}",
         "", "p50 ms", "p95 ms", "min ms", "p50 / ward"
