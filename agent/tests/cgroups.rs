@@ -27,6 +27,33 @@ fn memory_limit_oom_kills_and_counts() {
 }
 
 #[test]
+fn oom_watch_fires_on_oom() {
+    if !require_root("oom_watch_fires_on_oom") {
+        return;
+    }
+    let b = Bundle::new("oomwatch");
+    let mut s = default_spec(&[
+        "sh",
+        "-c",
+        "sleep 0.3; dd if=/dev/zero of=/dev/null bs=64M count=1",
+    ]);
+    s["linux"]["resources"]["memory"] = serde_json::json!({ "limit": 32 << 20, "swap": 32 << 20 });
+    let mut c = Container::create(b.options(spec(s))).unwrap();
+    let watch = c.oom_watch().unwrap();
+    assert!(!watch.wait(Duration::ZERO).unwrap(), "no OOM yet");
+    c.start().unwrap();
+    assert!(
+        watch.wait(Duration::from_secs(10)).unwrap(),
+        "no OOM notification"
+    );
+    assert_eq!(c.oom_count(), 1);
+    let st = c.wait().unwrap();
+    // sh execs its last command: PID 1 is dd, killed by the OOM killer.
+    assert_eq!(st.code, 137, "{st:?}");
+    c.delete().unwrap();
+}
+
+#[test]
 fn pids_limit_stops_forks() {
     if !require_root("pids_limit_stops_forks") {
         return;

@@ -554,6 +554,12 @@ impl Container {
         self.cgroup.stats()
     }
 
+    /// A descriptor that becomes readable when the container's cgroup hits OOM (poll it,
+    /// then compare [`Container::oom_count`]).
+    pub fn oom_watch(&self) -> Result<cgroups::oom::OomWatch> {
+        self.cgroup.oom_watch()
+    }
+
     /// OOM kills in the container's cgroup so far.
     pub fn oom_count(&self) -> u64 {
         self.cgroup.oom_kill_count()

@@ -345,6 +345,10 @@ impl CgroupManager for V1 {
             .unwrap_or(0)
     }
 
+    fn oom_watch(&self) -> Result<super::oom::OomWatch> {
+        super::oom::OomWatch::v1(self.need("memory")?)
+    }
+
     fn pids(&self) -> Vec<i32> {
         let mut all: Vec<i32> = self.dirs.iter().flat_map(|(_, d)| procs(d)).collect();
         all.sort_unstable();

@@ -231,6 +231,10 @@ impl CgroupManager for V2 {
         keyed(&self.dir, "memory.events", "oom_kill").unwrap_or(0)
     }
 
+    fn oom_watch(&self) -> Result<super::oom::OomWatch> {
+        super::oom::OomWatch::v2(&self.dir)
+    }
+
     fn pids(&self) -> Vec<i32> {
         procs(&self.dir)
     }
