@@ -223,11 +223,18 @@ impl Container {
                 }
                 if !devices.is_empty() {
                     let layers = scratch.join("layers");
+                    if layers.exists() {
+                        return Err(Error::InvalidSpec {
+                            id: id.clone(),
+                            field: "rootfs.scratch",
+                            reason: format!("{} already exists", layers.display()),
+                        });
+                    }
+                    cleanup.dirs.push(layers);
                     for (_, at) in &devices {
                         fs::create_dir_all(at)
                             .map_err(|e| Error::io("mkdir layer mount point", at, e))?;
                     }
-                    cleanup.dirs.push(layers);
                 }
                 let (upper, work, target) = (
                     scratch.join("upper"),
@@ -255,11 +262,10 @@ impl Container {
             }
         };
 
-        let cgroup = cgroups::manager(cgroups_path)?;
+        // Registered for cleanup before creation: a half-made hierarchy is removed too.
+        let cgroup = &**cleanup.cgroup.insert(cgroups::manager(cgroups_path)?);
         cgroup.create()?;
         let cgroup_v2 = cgroup.is_v2();
-        cleanup.cgroup = Some(cgroup);
-        let cgroup = cleanup.cgroup.as_ref().expect("just set");
 
         let init_binary = spawn::init_binary(opts.init_binary.as_deref());
         let mut helper = spawn::spawn(&init_binary, opts.stdio)?;
