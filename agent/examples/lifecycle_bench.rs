@@ -53,19 +53,25 @@ fn config() -> serde_json::Value {
     })
 }
 
-fn ward_once(bundle: &Path, id: &str, agent: &Path) -> Result<()> {
+/// One ward run; returns the time of each phase (create, start, wait, delete).
+fn ward_once(bundle: &Path, id: &str, agent: &Path) -> Result<[Duration; 4]> {
     let mut opts = CreateOptions::from_bundle(id, bundle)?;
     opts.stdio = Stdio::Null;
     opts.state_dir = bundle.join("ward-state");
     opts.init_binary = Some(agent.to_path_buf());
+    let t0 = Instant::now();
     let mut c = Container::create(opts)?;
+    let t1 = Instant::now();
     c.start()?;
+    let t2 = Instant::now();
     let st = c.wait()?;
+    let t3 = Instant::now();
     c.delete()?;
+    let t4 = Instant::now();
     if st.code != 0 {
         bail!("ward: /bin/true exited {}", st.code);
     }
-    Ok(())
+    Ok([t1 - t0, t2 - t1, t3 - t2, t4 - t3])
 }
 
 fn cli_once(runtime: &str, bundle: &Path, id: &str) -> Result<()> {
@@ -129,12 +135,20 @@ fn main() -> Result<()> {
         .iter()
         .map(|n| (*n, Vec::with_capacity(runs)))
         .collect();
+    let mut phases: [Vec<Duration>; 4] = Default::default();
     for i in 0..runs + 3 {
         for (name, times) in &mut results {
             let id = format!("bench-{name}-{i}-{}", std::process::id());
             let t = Instant::now();
             match *name {
-                "ward" => ward_once(dir.path(), &id, &agent)?,
+                "ward" => {
+                    let p = ward_once(dir.path(), &id, &agent)?;
+                    if i >= 3 {
+                        for (all, d) in phases.iter_mut().zip(p) {
+                            all.push(d);
+                        }
+                    }
+                }
                 _ => cli_once(name, dir.path(), &id)?,
             }
             if i >= 3 {
@@ -161,5 +175,14 @@ fn main() -> Result<()> {
             p50.as_secs_f64() / ward_p50.as_secs_f64()
         );
     }
+    print!("ward phases p50 ms:");
+    for (name, mut t) in ["create", "start", "wait", "delete"]
+        .into_iter()
+        .zip(phases)
+    {
+        t.sort();
+        print!(" {name} {:.2}", percentile(&t, 0.5).as_secs_f64() * 1e3);
+    }
+    println!();
     Ok(())
 }
