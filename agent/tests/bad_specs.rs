@@ -161,3 +161,47 @@ fn user_namespace_with_valid_maps_runs() {
         Some(vec!["0", "100000", "65536"])
     );
 }
+
+#[test]
+fn unsupported_seccomp_action() {
+    if !require_root("unsupported_seccomp_action") {
+        return;
+    }
+    let b = Bundle::new("badseccomp");
+    let mut s = default_spec(&["true"]);
+    s["linux"]["seccomp"] = json!({ "defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{ "names": ["mkdir"], "action": "SCMP_ACT_NOTIFY" }] });
+    let err = create_fails(&b, s);
+    assert!(err.contains("SCMP_ACT_NOTIFY is not supported"), "{err}");
+}
+
+#[test]
+fn user_namespace_without_network_namespace_gets_sys() {
+    if !require_root("user_namespace_without_network_namespace_gets_sys") {
+        return;
+    }
+    let b = Bundle::new("usernonet");
+    let mut s = default_spec(&["sh", "-c", "id -u; test -d /sys/kernel && echo sys-ok"]);
+    s["linux"]["namespaces"] = json!([{ "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }, { "type": "user" }]);
+    s["linux"]["uidMappings"] = json!([{ "containerID": 0, "hostID": 100_000, "size": 65536 }]);
+    s["linux"]["gidMappings"] = json!([{ "containerID": 0, "hostID": 100_000, "size": 65536 }]);
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["type"] != "cgroup" && m["type"] != "mqueue");
+    std::process::Command::new("chown")
+        .args(["-R", "100000:100000"])
+        .arg(b.rootfs())
+        .status()
+        .unwrap();
+    let out = common::run(b.options(spec(s)));
+    assert_eq!(out.stdout, "0\nsys-ok\n", "{out:?}");
+}
+
+/// The same tests on the guest's layout (cgroup v2), inside the nested harness.
+#[test]
+fn nest_bad_specs_leave_nothing_on_cgroup_v2() {
+    if !common::require_root("nest_bad_specs_leave_nothing_on_cgroup_v2") {
+        return;
+    }
+    common::run_self_in_l1("nest-bad-specs-leave-nothing-on-cgroup-v2");
+}

@@ -27,6 +27,34 @@ fn memory_limit_oom_kills_and_counts() {
 }
 
 #[test]
+fn oom_watch_fires_on_oom() {
+    if !require_root("oom_watch_fires_on_oom") {
+        return;
+    }
+    let b = Bundle::new("oomwatch");
+    let mut s = default_spec(&[
+        "sh",
+        "-c",
+        "sleep 0.3; dd if=/dev/zero of=/dev/null bs=64M count=1",
+    ]);
+    s["linux"]["resources"]["memory"] = serde_json::json!({ "limit": 32 << 20, "swap": 32 << 20 });
+    let mut c = Container::create(b.options(spec(s))).unwrap();
+    let watch = c.oom_watch().unwrap();
+    assert!(!watch.wait(Duration::ZERO).unwrap(), "no OOM yet");
+    c.start().unwrap();
+    assert!(
+        watch.wait(Duration::from_secs(10)).unwrap(),
+        "no OOM notification"
+    );
+    // v1 signals when the cgroup goes under OOM, before the kill is counted.
+    let st = c.wait().unwrap();
+    // sh execs its last command: PID 1 is dd, killed by the OOM killer.
+    assert_eq!((st.code, st.oom_killed), (137, true), "{st:?}");
+    assert_eq!(c.oom_count(), 1);
+    c.delete().unwrap();
+}
+
+#[test]
 fn pids_limit_stops_forks() {
     if !require_root("pids_limit_stops_forks") {
         return;
@@ -122,4 +150,81 @@ fn pause_stops_a_counter_and_resume_restarts_it() {
         "{:?}",
         common::leftovers(&b.id, b.path())
     );
+}
+
+#[test]
+fn update_changes_limits_of_a_running_container() {
+    if !require_root("update_changes_limits_of_a_running_container") {
+        return;
+    }
+    let b = Bundle::new("update");
+    let mut c = Container::create(b.options(spec(default_spec(&["sleep", "100"])))).unwrap();
+    c.start().unwrap();
+    let before = c.stats().unwrap();
+    assert_eq!(before.pids_limit, u64::MAX);
+    let res: oci_spec::runtime::LinuxResources = serde_json::from_value(serde_json::json!({
+        "pids": { "limit": 7 },
+        "memory": { "limit": 64 << 20 }
+    }))
+    .unwrap();
+    c.update(&res).unwrap();
+    let after = c.stats().unwrap();
+    assert_eq!((after.pids_limit, after.memory_limit), (7, 64 << 20));
+    assert_eq!(after.pids_current, 1);
+    c.delete().unwrap();
+    assert!(
+        common::leftovers(&b.id, b.path()).is_empty(),
+        "{:?}",
+        common::leftovers(&b.id, b.path())
+    );
+}
+
+#[test]
+fn blkio_throttle_and_io_stats() {
+    if !require_root("blkio_throttle_and_io_stats") {
+        return;
+    }
+    // The disk holding /tmp (where the bundle lives): whole-disk major:minor.
+    let dev = nix::sys::stat::stat("/tmp").unwrap().st_dev;
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    if major == 0 {
+        eprintln!("SKIP blkio_throttle_and_io_stats: /tmp is not on a block device");
+        return;
+    }
+    let b = Bundle::new("blkio");
+    let mut s = default_spec(&[
+        "dd",
+        "if=/dev/zero",
+        "of=/tmp/f",
+        "bs=64k",
+        "count=48",
+        "oflag=direct",
+    ]);
+    s["linux"]["resources"]["blockIO"] = serde_json::json!({
+        "throttleWriteBpsDevice": [{ "major": major, "minor": minor, "rate": 1 << 20 }]
+    });
+    let mut c = Container::create(b.options(spec(s))).unwrap();
+    let t = Instant::now();
+    c.start().unwrap();
+    assert_eq!(c.wait().unwrap().code, 0);
+    let elapsed = t.elapsed();
+    let st = c.stats().unwrap();
+    c.delete().unwrap();
+    eprintln!("3 MiB direct write at 1 MiB/s: {elapsed:?}, io stats {st:?}");
+    assert!(st.io_write_bytes >= 3 << 20, "{st:?}");
+    assert!(st.io_write_ops >= 48, "{st:?}");
+    // 3 MiB at 1 MiB/s, minus the throttle's initial burst allowance.
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "not throttled: {elapsed:?}"
+    );
+}
+
+/// The same tests on the guest's layout (cgroup v2), inside the nested harness.
+#[test]
+fn nest_cgroups_on_cgroup_v2() {
+    if !common::require_root("nest_cgroups_on_cgroup_v2") {
+        return;
+    }
+    common::run_self_in_l1("nest-cgroups-on-cgroup-v2");
 }

@@ -17,7 +17,7 @@ fn exec_with_another_user_and_env() {
     c.start().unwrap();
     let process: Process = serde_json::from_value(serde_json::json!({
         "user": { "uid": 1000, "gid": 1000 },
-        "args": ["sh", "-c", "id -u; echo $FOO; pwd; cat /proc/1/comm; hostname"],
+        "args": ["sh", "-c", "id -u; echo $FOO; pwd; cat /proc/1/comm; hostname; grep PPid /proc/self/status"],
         "env": ["PATH=/bin", "FOO=bar"],
         "cwd": "/tmp"
     }))
@@ -28,8 +28,13 @@ fn exec_with_another_user_and_env() {
     let st = p.wait().unwrap();
     let (out, err) = (out.join().unwrap(), err.join().unwrap());
     assert_eq!(st.code, 0, "{err}");
-    // Same PID namespace as the container (PID 1 is its sleep), same hostname.
-    assert_eq!(out, "1000\nbar\n/tmp\nsleep\nward\n", "stderr: {err}");
+    // Same PID namespace as the container (PID 1 is its sleep), same hostname; its parent is
+    // the library, outside the namespace (PPid 0), so the container's PID 1 never has to
+    // reap it.
+    assert_eq!(
+        out, "1000\nbar\n/tmp\nsleep\nward\nPPid:\t0\n",
+        "stderr: {err}"
+    );
 
     // An exec of a missing binary fails with a clear error.
     let mut bad = process.clone();
@@ -45,4 +50,43 @@ fn exec_with_another_user_and_env() {
         "{:?}",
         common::leftovers(&b.id, b.path())
     );
+}
+
+#[test]
+fn exec_with_a_terminal() {
+    if !require_root("exec_with_a_terminal") {
+        return;
+    }
+    let b = Bundle::new("exectty");
+    let mut c = Container::create(b.options(spec(default_spec(&["sleep", "100"])))).unwrap();
+    c.start().unwrap();
+    let process: Process = serde_json::from_value(serde_json::json!({
+        "terminal": true,
+        "user": { "uid": 0, "gid": 0 },
+        "args": ["sh", "-c", "tty; read x; echo got:$x"],
+        "env": ["PATH=/bin"],
+        "cwd": "/"
+    }))
+    .unwrap();
+    let mut p = c.exec(&process, Stdio::Terminal).unwrap();
+    let mut master = p.take_io().unwrap().terminal.expect("pty master");
+    std::io::Write::write_all(&mut master, b"ping\n").unwrap();
+    assert_eq!(p.wait().unwrap().code, 0);
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut master, &mut out);
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("/dev/pts/0") && out.contains("got:ping"),
+        "{out}"
+    );
+    c.delete().unwrap();
+}
+
+/// The same tests on the guest's layout (cgroup v2), inside the nested harness.
+#[test]
+fn nest_exec_on_cgroup_v2() {
+    if !common::require_root("nest_exec_on_cgroup_v2") {
+        return;
+    }
+    common::run_self_in_l1("nest-exec-on-cgroup-v2");
 }

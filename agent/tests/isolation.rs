@@ -14,12 +14,23 @@ fn namespaces_are_isolated() {
         return;
     }
     let b = Bundle::new("ns");
-    let kinds = ["pid", "mnt", "uts", "ipc", "net", "cgroup"];
+    let mut kinds = vec!["pid", "mnt", "uts", "ipc", "net", "cgroup"];
+    let time_ns = std::path::Path::new("/proc/self/ns/time").exists(); // CONFIG_TIME_NS
+    if time_ns {
+        kinds.push("time");
+    }
     let script = format!(
         "for n in {}; do readlink /proc/self/ns/$n; done; echo ---; ps -o pid,comm; echo ---; hostname",
         kinds.join(" ")
     );
-    let out = run(b.options(spec(default_spec(&["sh", "-c", &script]))));
+    let mut s = default_spec(&["sh", "-c", &script]);
+    if time_ns {
+        s["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({ "type": "time" }));
+    }
+    let out = run(b.options(spec(s)));
     assert_eq!(out.status.code, 0, "{out:?}");
     let parts: Vec<&str> = out.stdout.split("---\n").collect();
     assert_eq!(parts.len(), 3, "{out:?}");
@@ -50,8 +61,8 @@ fn masked_and_readonly_paths() {
     let mut s = default_spec(&[
         "sh",
         "-c",
-        "ls /secret | wc -l; cat /etc/token | wc -c; cat /proc/kcore | wc -c; \
-         echo 1 > /proc/sys/kernel/ns_last_pid && echo WROTE; touch /newfile && echo TOUCHED; echo done",
+        "ls /secret | wc -l; cat /etc/token | wc -c; \
+         echo x > /proc/sys/kernel/hostname && echo WROTE; touch /newfile && echo TOUCHED; echo done",
     ]);
     s["linux"]["maskedPaths"].as_array_mut().unwrap().extend([
         serde_json::json!("/secret"),
@@ -60,7 +71,7 @@ fn masked_and_readonly_paths() {
     s["root"]["readonly"] = serde_json::json!(true);
     let out = run(b.options(spec(s)));
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines, ["0", "0", "0", "done"], "{out:?}");
+    assert_eq!(lines, ["0", "0", "done"], "{out:?}");
     assert!(out.stderr.contains("Read-only file system"), "{out:?}");
     assert_eq!(
         out.stderr.matches("Read-only file system").count(),
@@ -142,6 +153,31 @@ fn seccomp_returns_the_spec_errno() {
 }
 
 #[test]
+fn seccomp_argument_conditions() {
+    if !require_root("seccomp_argument_conditions") {
+        return;
+    }
+    let b = Bundle::new("seccompargs");
+    // kill(pid, SIGUSR1) is refused with EACCES; kill(pid, 0) goes through.
+    let mut s = default_spec(&[
+        "sh",
+        "-c",
+        "kill -0 $$ && echo zero-ok; kill -USR1 $$ || echo usr1-refused",
+    ]);
+    s["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{ "names": ["kill"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+                       "args": [{ "index": 1, "value": 10, "op": "SCMP_CMP_EQ" }] }]
+    });
+    let out = run(b.options(spec(s)));
+    assert_eq!(out.stdout, "zero-ok\nusr1-refused\n", "{out:?}");
+    assert!(
+        out.stderr.contains("Permission denied"),
+        "EACCES (13) expected: {out:?}"
+    );
+}
+
+#[test]
 fn terminal_mode_gives_a_pty() {
     if !require_root("terminal_mode_gives_a_pty") {
         return;
@@ -150,16 +186,22 @@ fn terminal_mode_gives_a_pty() {
     let mut s = default_spec(&[
         "sh",
         "-c",
-        "test -t 0 && test -t 1 && echo isatty; stty size; read line; echo got:$line",
+        "tty; test -t 0 && test -t 1 && echo isatty; read line; stty size; echo got:$line",
     ]);
     s["process"]["terminal"] = serde_json::json!(true);
     let mut opts = b.options(spec(s));
     opts.stdio = Stdio::Terminal;
     let mut c = Container::create(opts).unwrap();
     let io = c.take_io().unwrap();
-    let mut master = io.terminal.expect("a pty master");
+    let mut master = io
+        .terminal
+        .as_ref()
+        .expect("a pty master")
+        .try_clone()
+        .unwrap();
     assert!(io.stdout.is_none());
     c.start().unwrap();
+    io.resize(33, 101).unwrap();
     std::io::Write::write_all(&mut master, b"hello\n").unwrap();
     let status = c.wait().unwrap();
     let mut out = Vec::new();
@@ -167,6 +209,140 @@ fn terminal_mode_gives_a_pty() {
     let out = String::from_utf8_lossy(&out);
     assert_eq!(status.code, 0, "{out}");
     assert!(out.contains("isatty"), "{out}");
+    // The pty lives in the container's own devpts instance, as with runc.
+    assert!(out.contains("/dev/pts/0"), "{out}");
     assert!(out.contains("got:hello"), "{out}");
+    assert!(out.contains("33 101"), "window size set by resize: {out}");
     c.delete().unwrap();
+}
+
+#[test]
+fn namespaces_joined_by_path_and_identity() {
+    if !require_root("namespaces_joined_by_path_and_identity") {
+        return;
+    }
+    let a = Bundle::new("nsowner");
+    let mut sa = default_spec(&["sleep", "100"]);
+    sa["hostname"] = serde_json::json!("owner");
+    let mut owner = Container::create(a.options(spec(sa))).unwrap();
+    owner.start().unwrap();
+    let pid = owner.pid().unwrap();
+
+    // The second container joins the first one's network and UTS namespaces by path, and
+    // sets a domainname and a sysctl of its own IPC namespace.
+    let b = Bundle::new("nsjoiner");
+    let mut sb = default_spec(&[
+        "sh",
+        "-c",
+        "readlink /proc/self/ns/net; hostname; cat /proc/sys/kernel/domainname; cat /proc/sys/kernel/msgmax",
+    ]);
+    sb["linux"]["namespaces"] = serde_json::json!([
+        { "type": "pid" }, { "type": "ipc" }, { "type": "mount" },
+        { "type": "network", "path": format!("/proc/{pid}/ns/net") },
+        { "type": "uts", "path": format!("/proc/{pid}/ns/uts") }
+    ]);
+    sb.as_object_mut().unwrap().remove("hostname"); // joined UTS: the owner's name
+    sb["domainname"] = serde_json::json!("example.test");
+    sb["linux"]["sysctl"] = serde_json::json!({ "kernel.msgmax": "4242" });
+    let out = common::run(b.options(spec(sb)));
+    assert_eq!(out.status.code, 0, "{out:?}");
+    let owner_net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [owner_net.to_str().unwrap(), "owner", "example.test", "4242"],
+        "{out:?}"
+    );
+    // The host's value is untouched.
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/msgmax")
+            .unwrap()
+            .trim(),
+        "4242"
+    );
+    owner.delete().unwrap();
+}
+
+#[test]
+fn process_attributes_rlimits_umask_oom_score() {
+    if !require_root("process_attributes_rlimits_umask_oom_score") {
+        return;
+    }
+    let b = Bundle::new("procattr");
+    let mut s = default_spec(&[
+        "sh",
+        "-c",
+        "ulimit -n; umask; cat /proc/self/oom_score_adj; echo $GREETING; pwd",
+    ]);
+    s["process"]["rlimits"] =
+        serde_json::json!([{ "type": "RLIMIT_NOFILE", "hard": 321, "soft": 123 }]);
+    s["process"]["user"]["umask"] = serde_json::json!(0o027);
+    s["process"]["oomScoreAdj"] = serde_json::json!(500);
+    s["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!("GREETING=hi"));
+    s["process"]["cwd"] = serde_json::json!("/etc");
+    let out = common::run(b.options(spec(s)));
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines, ["123", "0027", "500", "hi", "/etc"], "{out:?}");
+}
+
+#[test]
+fn device_cgroup_allows_only_listed_devices() {
+    if !require_root("device_cgroup_allows_only_listed_devices") {
+        return;
+    }
+    let b = Bundle::new("devices");
+    let mut s = default_spec(&[
+        "sh",
+        "-c",
+        "mknod /tmp/null c 1 3 && echo allowed; mknod /tmp/fuse c 10 229 || echo denied",
+    ]);
+    for set in ["bounding", "effective", "permitted"] {
+        s["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!("CAP_MKNOD"));
+    }
+    let out = common::run(b.options(spec(s)));
+    assert_eq!(out.stdout, "allowed\ndenied\n", "{out:?}");
+    assert!(out.stderr.contains("Operation not permitted"), "{out:?}");
+}
+
+#[test]
+fn spec_mounts_with_their_options() {
+    if !require_root("spec_mounts_with_their_options") {
+        return;
+    }
+    let b = Bundle::new("mountopts");
+    let shared = b.path().join("shared");
+    std::fs::create_dir_all(shared.join("sub")).unwrap();
+    std::fs::write(shared.join("file"), "from host\n").unwrap();
+    let mut s = default_spec(&[
+        "sh",
+        "-c",
+        "cat /data/file; touch /data/x || echo ro-ok; cp /bin/busybox /scratch/bb; /scratch/bb true || echo noexec-ok; \
+         grep ' /scratch ' /proc/self/mountinfo | grep -q 'nosuid,nodev,noexec' && echo flags-ok",
+    ]);
+    let mounts = s["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({ "destination": "/data", "type": "bind", "source": shared, "options": ["rbind", "ro", "rprivate"] }));
+    mounts.push(serde_json::json!({ "destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "noexec", "size=8m"] }));
+    let out = common::run(b.options(spec(s)));
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["from host", "ro-ok", "noexec-ok", "flags-ok"],
+        "{out:?}"
+    );
+    assert!(!shared.join("x").exists());
+}
+
+/// The same tests on the guest's layout (cgroup v2), inside the nested harness.
+#[test]
+fn nest_isolation_on_cgroup_v2() {
+    if !common::require_root("nest_isolation_on_cgroup_v2") {
+        return;
+    }
+    common::run_self_in_l1("nest-isolation-on-cgroup-v2");
 }

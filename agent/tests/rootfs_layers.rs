@@ -72,3 +72,81 @@ fn overlay_copy_on_write_and_whiteouts() {
         common::leftovers(&b.id, b.path())
     );
 }
+
+/// Detaches a loop device when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn overlay_on_a_read_only_layer_device() {
+    if !require_root("overlay_on_a_read_only_layer_device") {
+        return;
+    }
+    let b = Bundle::new("layerdev");
+    // The busybox rootfs as an erofs image on a read-only loop device: what vm mode attaches.
+    let image = b.path().join("base.erofs");
+    let mk = std::process::Command::new("mkfs.erofs")
+        .arg(&image)
+        .arg(b.rootfs())
+        .output()
+        .unwrap();
+    assert!(
+        mk.status.success(),
+        "mkfs.erofs: {}",
+        String::from_utf8_lossy(&mk.stderr)
+    );
+    let out = std::process::Command::new("losetup")
+        .args(["-r", "-f", "--show"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = Loop(String::from_utf8(out.stdout).unwrap().trim().to_string());
+
+    let scratch = b.path().join("scratch");
+    let mut opts = b.options(spec(default_spec(&[
+        "sh",
+        "-c",
+        "echo hi > /etc/greeting; cat /etc/greeting; head -1 /etc/passwd",
+    ])));
+    opts.rootfs = Some(Rootfs::Layers {
+        lower: vec![dev.0.clone().into()],
+        scratch: scratch.clone(),
+    });
+    let out = common::run(opts);
+    assert_eq!(out.status.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "hi\nroot:x:0:0:root:/root:/bin/sh\n");
+    // The device's mount lived in the container's mount namespace only.
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !info.contains(&dev.0),
+        "{} still mounted on the host",
+        dev.0
+    );
+    assert!(!scratch.join("layers").exists());
+    assert!(
+        common::leftovers(&b.id, b.path()).is_empty(),
+        "{:?}",
+        common::leftovers(&b.id, b.path())
+    );
+}
+
+/// The same tests on the guest's layout (cgroup v2), inside the nested harness.
+#[test]
+fn nest_overlay_on_guest_layout() {
+    if !common::require_root("nest_overlay_on_guest_layout") {
+        return;
+    }
+    common::run_self_in_l1("nest-overlay-on-guest-layout");
+}

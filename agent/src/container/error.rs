@@ -56,6 +56,12 @@ pub enum Error {
         op: &'static str,
         state: &'static str,
     },
+    #[error("{phase} hook {path}: {reason}")]
+    Hook {
+        phase: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("seccomp: {0}")]
     Seccomp(String),
 }

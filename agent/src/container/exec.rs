@@ -40,6 +40,11 @@ impl ExecProcess {
             .map_err(|e| Error::sys(format!("kill exec process {} with {signal}", self.pid), e))
     }
 
+    /// Records an exit the caller reaped itself (see [`super::Container::mark_exited`]).
+    pub fn mark_exited(&mut self, exit: ExitStatus) {
+        self.exit = Some(exit);
+    }
+
     pub fn wait(&mut self) -> Result<ExitStatus> {
         if let Some(e) = self.exit {
             return Ok(e);
@@ -94,7 +99,7 @@ pub(crate) fn run(
             process: Box::new(process.clone()),
         },
         namespaces,
-        terminal: helper.terminal,
+        terminal: helper.terminal(),
         cgroup_v2: cgroup.is_v2(),
     };
     let proto = |reason: String| Error::Protocol {
@@ -138,6 +143,9 @@ pub(crate) fn run(
         }
     }
     if let Some(e) = failure {
+        return Err(abort(&mut helper, pid, e));
+    }
+    if let Err(e) = helper.take_console(id) {
         return Err(abort(&mut helper, pid, e));
     }
     let _ = helper.child.wait();

@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::cgroups::{self, CgroupManager, Stats};
 use super::error::{Error, Result};
 use super::exec::{self, ExecProcess};
+use super::hooks::{self, Phase};
 use super::namespaces;
 use super::options::{CreateOptions, ProcessIo, Rootfs, Stdio};
 use super::protocol::{FromInit, InitConfig, InitMode, RootfsPlan, ToInit, recv, send};
@@ -59,7 +60,8 @@ pub struct ExitStatus {
 }
 
 impl ExitStatus {
-    pub(crate) fn from_wait(status: WaitStatus) -> Option<Self> {
+    /// From a waitpid status; `None` for stops and continues.
+    pub fn from_wait(status: WaitStatus) -> Option<Self> {
         match status {
             WaitStatus::Exited(_, code) => Some(Self {
                 code,
@@ -104,6 +106,16 @@ pub struct Container {
     init_binary: PathBuf,
     exit: Option<ExitStatus>,
     io: Option<ProcessIo>,
+    deleted: bool,
+}
+
+impl Drop for Container {
+    /// A container dropped without `delete` is deleted anyway: nothing outlives its owner.
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            log::warn!("container {}: cleanup on drop: {e}", self.id);
+        }
+    }
 }
 
 /// Undoes a half-made container when create fails.
@@ -195,8 +207,34 @@ impl Container {
                 RootfsPlan::Path(p.clone())
             }
             Rootfs::Layers { lower, scratch } => {
-                for l in lower {
-                    validate::rootfs_dir(&id, l)?;
+                // A layer is a directory, or a read-only block device (an erofs/ext4 layer
+                // image attached to the guest) that init mounts under scratch/layers/<n>.
+                let mut devices = Vec::new();
+                let mut lowers = Vec::new();
+                for (n, l) in lower.iter().enumerate() {
+                    if validate::is_block_device(l) {
+                        let at = scratch.join("layers").join(n.to_string());
+                        devices.push((l.clone(), at.clone()));
+                        lowers.push(at);
+                    } else {
+                        validate::rootfs_dir(&id, l)?;
+                        lowers.push(l.clone());
+                    }
+                }
+                if !devices.is_empty() {
+                    let layers = scratch.join("layers");
+                    if layers.exists() {
+                        return Err(Error::InvalidSpec {
+                            id: id.clone(),
+                            field: "rootfs.scratch",
+                            reason: format!("{} already exists", layers.display()),
+                        });
+                    }
+                    cleanup.dirs.push(layers);
+                    for (_, at) in &devices {
+                        fs::create_dir_all(at)
+                            .map_err(|e| Error::io("mkdir layer mount point", at, e))?;
+                    }
                 }
                 let (upper, work, target) = (
                     scratch.join("upper"),
@@ -215,7 +253,8 @@ impl Container {
                     cleanup.dirs.push(d.clone());
                 }
                 RootfsPlan::Overlay {
-                    lower: lower.clone(),
+                    devices,
+                    lower: lowers,
                     upper,
                     work,
                     target,
@@ -223,21 +262,10 @@ impl Container {
             }
         };
 
-        let cgroup = cgroups::manager(cgroups_path)?;
+        // Registered for cleanup before creation: a half-made hierarchy is removed too.
+        let cgroup = &**cleanup.cgroup.insert(cgroups::manager(cgroups_path)?);
         cgroup.create()?;
         let cgroup_v2 = cgroup.is_v2();
-        cleanup.cgroup = Some(cgroup);
-        let cgroup = cleanup.cgroup.as_ref().expect("just set");
-        if let Some(res) = opts
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().as_ref())
-        {
-            let mut res = res.clone();
-            res.set_devices(super::devices::cgroup_rules(&opts.spec));
-            cgroup.apply(&res)?;
-        }
 
         let init_binary = spawn::init_binary(opts.init_binary.as_deref());
         let mut helper = spawn::spawn(&init_binary, opts.stdio)?;
@@ -252,7 +280,7 @@ impl Container {
             spec: Box::new(opts.spec.clone()),
             mode: InitMode::Create { rootfs: plan },
             namespaces: ns_plan,
-            terminal: helper.terminal,
+            terminal: helper.terminal(),
             cgroup_v2,
         };
         let proto = |reason: String| Error::Protocol {
@@ -295,6 +323,19 @@ impl Container {
                 "init exited before the rootfs was ready ({status:?})"
             )));
         };
+        // Limits apply once the rootfs is built, as runc does: the device rules would
+        // otherwise refuse init the layer devices and nodes it mounts and creates.
+        if let Some(res) = opts
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+        {
+            let mut res = res.clone();
+            res.set_devices(super::devices::cgroup_rules(&opts.spec));
+            cgroup.apply(&res)?;
+        }
+        helper.take_console(&id)?;
         // The helper exits right after reporting the pid; reap it.
         let _ = helper.child.wait();
         cleanup.pids.retain(|p| *p != helper_pid);
@@ -312,9 +353,14 @@ impl Container {
             init_binary,
             exit: None,
             io: Some(helper.io),
+            deleted: false,
         };
         cleanup.pids.clear();
         container.save_state();
+        let hooks = container.spec.hooks().clone();
+        let state = container.oci_state();
+        hooks::run(hooks.as_ref(), Phase::CreateRuntime, &state)?; // on error, drop deletes
+        hooks::run(hooks.as_ref(), Phase::Prestart, &state)?;
         Ok(container)
     }
 
@@ -336,6 +382,14 @@ impl Container {
             None => {
                 self.status = Status::Running;
                 self.save_state();
+                // The spec: a failing poststart hook is logged, the container keeps running.
+                if let Err(e) = hooks::run(
+                    self.spec.hooks().as_ref(),
+                    Phase::Poststart,
+                    &self.oci_state(),
+                ) {
+                    log::warn!("container {}: {e}", self.id);
+                }
                 Ok(())
             }
             Some(FromInit::Error(message)) => {
@@ -386,6 +440,14 @@ impl Container {
 
     /// Sends `signal` to the container process, or with `all` to every process in its cgroup.
     pub fn signal(&self, signal: Signal, all: bool) -> Result<()> {
+        if !all && self.exit.is_some() {
+            // The pid was reaped and may belong to someone else now.
+            return Err(Error::State {
+                id: self.id.clone(),
+                op: "signal",
+                state: self.status.name(),
+            });
+        }
         let pids = if all {
             self.cgroup.pids()
         } else {
@@ -435,6 +497,12 @@ impl Container {
             Ok(status) => Ok(ExitStatus::from_wait(status).map(|e| self.exited(e))),
             Err(e) => Err(Error::sys(format!("waitpid {pid}"), e)),
         }
+    }
+
+    /// Records an exit the caller reaped itself (an async server waits for the pid on its
+    /// own task instead of calling [`Container::wait`]); fills in `oom_killed`.
+    pub fn mark_exited(&mut self, exit: ExitStatus) -> ExitStatus {
+        self.exited(exit)
     }
 
     fn exited(&mut self, mut exit: ExitStatus) -> ExitStatus {
@@ -492,6 +560,12 @@ impl Container {
         self.cgroup.stats()
     }
 
+    /// A descriptor that becomes readable when the container's cgroup hits OOM (poll it,
+    /// then compare [`Container::oom_count`]).
+    pub fn oom_watch(&self) -> Result<cgroups::oom::OomWatch> {
+        self.cgroup.oom_watch()
+    }
+
     /// OOM kills in the container's cgroup so far.
     pub fn oom_count(&self) -> u64 {
         self.cgroup.oom_kill_count()
@@ -517,16 +591,38 @@ impl Container {
     /// Kills whatever still runs, reaps the container process, removes the cgroup, scratch
     /// and state directories. Mounts go with the container's mount namespace.
     pub fn delete(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    /// What delete does; idempotent, so Drop can finish a container nobody deleted.
+    fn teardown(&mut self) -> Result<()> {
+        if self.deleted {
+            return Ok(());
+        }
         if self.exit.is_none() {
             if let Some(pid) = self.pid {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
-        for pid in self.cgroup.pids() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        if self.status == Status::Paused {
-            self.cgroup.freeze(false)?;
+        // Without a PID namespace nothing kills the rest for us; processes may fork while
+        // we kill, so repeat until the cgroup is empty (or give up and let rmdir report it).
+        for _ in 0..50 {
+            let pids = self.cgroup.pids();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            if self.status == Status::Paused {
+                // v1 frozen tasks die only once thawed.
+                self.cgroup.freeze(false)?;
+                self.status = Status::Running;
+            }
+            if self.exit.is_none() && self.pid.is_some() {
+                self.wait()?;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
         self.barrier = None;
         if self.exit.is_none() && self.pid.is_some() {
@@ -534,15 +630,20 @@ impl Container {
         }
         self.cgroup.destroy()?;
         for d in self.owned_dirs.iter().rev() {
-            fs::remove_dir_all(d)
-                .or_else(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(|e| Error::io("remove", d, e))?;
+            match fs::remove_dir_all(d) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io("remove", d, e));
+                }
+                _ => {}
+            }
+        }
+        self.deleted = true;
+        if let Err(e) = hooks::run(
+            self.spec.hooks().as_ref(),
+            Phase::Poststop,
+            &self.oci_state(),
+        ) {
+            log::warn!("container {}: {e}", self.id);
         }
         Ok(())
     }
@@ -556,6 +657,16 @@ impl Container {
                 op,
                 state: self.status.name(),
             })
+        }
+    }
+
+    fn oci_state(&self) -> State {
+        State {
+            oci_version: "1.0.2".into(),
+            id: self.id.clone(),
+            status: self.status,
+            pid: self.pid,
+            bundle: self.bundle.clone(),
         }
     }
 

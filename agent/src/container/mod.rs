@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod devices;
 pub mod error;
 pub mod exec;
+pub mod hooks;
 pub mod init;
 pub mod lifecycle;
 pub mod mounts;

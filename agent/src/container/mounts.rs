@@ -117,7 +117,7 @@ pub fn resolve_in_root(root: &Path, dest: &Path) -> Result<PathBuf> {
 }
 
 /// Mounts one spec entry under `root`.
-pub fn mount_entry(root: &Path, m: &Mount, cgroup_v2: bool) -> Result<()> {
+pub fn mount_entry(root: &Path, m: &Mount, cgroup_v2: bool, in_user_ns: bool) -> Result<()> {
     let dest_rel = m.destination();
     if !dest_rel.is_absolute() {
         return Err(Error::InvalidSpec {
@@ -150,12 +150,48 @@ pub fn mount_entry(root: &Path, m: &Mount, cgroup_v2: bool) -> Result<()> {
     } else {
         opts.flags
     };
-    mount(Some(&source), &dest, Some(typ), flags, data).map_err(|e| {
-        Error::sys(
-            format!("mount {typ} {} on {}", source.display(), dest.display()),
-            e,
-        )
-    })?;
+    match mount(Some(&source), &dest, Some(typ), flags, data) {
+        Ok(()) => {}
+        // A user namespace that does not own the network namespace may not mount sysfs:
+        // bind the host's /sys read-only instead, as runc does.
+        Err(nix::errno::Errno::EPERM) if typ == "sysfs" && in_user_ns => {
+            mount(
+                Some("/sys"),
+                &dest,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| {
+                Error::sys(
+                    format!(
+                        "bind /sys on {} (sysfs refused in a user namespace)",
+                        dest.display()
+                    ),
+                    e,
+                )
+            })?;
+            let ro = MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC;
+            mount(None::<&str>, &dest, None::<&str>, ro, None::<&str>).map_err(|e| {
+                Error::sys(
+                    format!("remount bound /sys on {} read-only", dest.display()),
+                    e,
+                )
+            })?;
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(Error::sys(
+                format!("mount {typ} {} on {}", source.display(), dest.display()),
+                e,
+            ));
+        }
+    }
 
     // A bind ignores every flag but MS_REC on its first call: remount to apply them.
     let per_mount =

@@ -52,6 +52,35 @@ pub struct ProcessIo {
     pub terminal: Option<std::fs::File>,
 }
 
+impl ProcessIo {
+    /// Sets the terminal's window size (containerd's ResizePty).
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let Some(tty) = &self.terminal else {
+            return Err(Error::InvalidSpec {
+                id: String::new(),
+                field: "process.terminal",
+                reason: "resize of a process without a terminal".into(),
+            });
+        };
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize that lives across the call.
+        let rc = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &raw const size) };
+        if rc != 0 {
+            return Err(Error::sys(
+                format!("TIOCSWINSZ {rows}x{cols}"),
+                nix::errno::Errno::last(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Everything [`super::Container::create`] needs.
 #[derive(Debug)]
 pub struct CreateOptions {

@@ -70,13 +70,7 @@ pub fn exec(spec: &Spec, process: &Process) -> Result<Infallible> {
             reason: "empty".into(),
         });
     };
-    if process.apparmor_profile().is_some() {
-        log::warn!("process.apparmorProfile is ignored: ward does not load AppArmor profiles");
-    }
-    if process.selinux_label().is_some() {
-        log::warn!("process.selinuxLabel is ignored: ward does not apply SELinux labels");
-    }
-
+    // apparmorProfile / selinuxLabel: ignored, the library warned at create.
     for rl in process.rlimits().as_deref().unwrap_or_default() {
         let res = resource(rl.typ());
         setrlimit(res, rl.soft(), rl.hard()).map_err(|e| {

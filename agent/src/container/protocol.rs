@@ -22,8 +22,10 @@ pub const INIT_SOCKET_ENV: &str = "_WARD_INIT_SOCKET";
 pub enum RootfsPlan {
     /// Bind an existing directory onto itself and pivot into it.
     Path(PathBuf),
-    /// Mount overlayfs of `lower` (top first) with `upper`/`work` on `target`.
+    /// Mount overlayfs of `lower` (top first) with `upper`/`work` on `target`, after
+    /// mounting each read-only layer device of `devices` on its directory.
     Overlay {
+        devices: Vec<(PathBuf, PathBuf)>,
         lower: Vec<PathBuf>,
         upper: PathBuf,
         work: PathBuf,
@@ -83,6 +85,10 @@ pub enum FromInit {
     Error(String),
 }
 
+/// Largest frame accepted: far above any real spec, low enough that a corrupt length
+/// cannot make the reader allocate gigabytes.
+pub const MAX_FRAME: usize = 64 << 20;
+
 /// Writes one framed message.
 pub fn send<T: Serialize>(stream: &mut UnixStream, msg: &T) -> std::io::Result<()> {
     let body = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
@@ -101,7 +107,13 @@ pub fn recv<T: for<'de> Deserialize<'de>>(stream: &mut UnixStream) -> std::io::R
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!(
+            "frame of {len} bytes exceeds {MAX_FRAME}"
+        )));
+    }
+    let mut body = vec![0u8; len];
     stream.read_exact(&mut body)?;
     serde_json::from_slice(&body)
         .map(Some)

@@ -52,11 +52,15 @@ pub fn build(spec: &Spec, plan: &RootfsPlan, cgroup_v2: bool, in_user_ns: bool) 
             path.clone()
         }
         RootfsPlan::Overlay {
+            devices,
             lower,
             upper,
             work,
             target,
         } => {
+            for (dev, at) in devices {
+                mount_layer_device(dev, at)?;
+            }
             let lowers: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
             let data = format!(
                 "lowerdir={},upperdir={},workdir={}",
@@ -84,7 +88,7 @@ pub fn build(spec: &Spec, plan: &RootfsPlan, cgroup_v2: bool, in_user_ns: bool) 
         {
             dev_from_host = true;
         }
-        mounts::mount_entry(&root, m, cgroup_v2)?;
+        mounts::mount_entry(&root, m, cgroup_v2, in_user_ns)?;
     }
     if !dev_from_host {
         let mut nodes = devices::defaults();
@@ -101,7 +105,13 @@ pub fn build(spec: &Spec, plan: &RootfsPlan, cgroup_v2: bool, in_user_ns: bool) 
         devices::create_links(&root)?;
     }
 
-    pivot(&root)?;
+    pivot(&root)
+}
+
+/// `maskedPaths`, `readonlyPaths`, `root.readonly`: last, after sysctls are written (as
+/// runc orders them), since /proc/sys is usually read-only.
+pub fn protect(spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
 
     for p in linux
         .and_then(|l| l.masked_paths().clone())
@@ -124,6 +134,31 @@ pub fn build(spec: &Spec, plan: &RootfsPlan, cgroup_v2: bool, in_user_ns: bool) 
         remount_readonly(Path::new("/"), MsFlags::empty())?;
     }
     Ok(())
+}
+
+/// Mounts a read-only layer device: erofs (what ward builds), else ext4 (the fallback).
+fn mount_layer_device(dev: &Path, at: &Path) -> Result<()> {
+    let mut last = nix::errno::Errno::EINVAL;
+    for fstype in ["erofs", "ext4"] {
+        match mount(
+            Some(dev),
+            at,
+            Some(fstype),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(Error::sys(
+        format!(
+            "mount layer device {} (erofs or ext4) on {}",
+            dev.display(),
+            at.display()
+        ),
+        last,
+    ))
 }
 
 /// `pivot_root(".", ".")` then a lazy unmount of the old root, as runc does: no directory

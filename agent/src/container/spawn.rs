@@ -1,17 +1,27 @@
 //! Starting the init helper (`ward-agent init`) with its socket on fd 3 and the process's
-//! stdio, from a possibly multithreaded caller: std's Command does the fork+exec, and the
-//! only code run between them is a dup2.
+//! stdio, from a possibly multithreaded caller: std's Command does the fork+exec, and only
+//! fcntl/dup2 run between them.
+//!
+//! With a terminal, a second socket (fd 4) carries the pty master back: the container
+//! process opens the pty in its own devpts, as runc's console socket does, so `tty` names a
+//! device that exists inside the container.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
 use super::error::{Error, Result};
 use super::options::{ProcessIo, Stdio};
 use super::protocol::{INIT_SOCKET_ENV, INIT_SOCKET_FD};
+
+/// The fd the helper finds the console socket on (terminal mode only).
+pub const CONSOLE_SOCKET_FD: RawFd = 4;
 
 /// A running init helper.
 #[derive(Debug)]
@@ -19,8 +29,26 @@ pub struct Helper {
     pub child: Child,
     pub sock: UnixStream,
     pub io: ProcessIo,
-    /// Whether the process got a pty slave.
-    pub terminal: bool,
+    /// The socket the pty master arrives on, with a terminal.
+    pub console: Option<UnixStream>,
+}
+
+impl Helper {
+    /// Whether the process gets a terminal.
+    pub fn terminal(&self) -> bool {
+        self.console.is_some()
+    }
+
+    /// Receives the pty master from the container process into `io.terminal`.
+    pub fn take_console(&mut self, id: &str) -> Result<()> {
+        if let Some(console) = self.console.take() {
+            self.io.terminal = Some(recv_fd(&console).map_err(|e| Error::Protocol {
+                id: id.into(),
+                reason: format!("receiving the pty master: {e}"),
+            })?);
+        }
+        Ok(())
+    }
 }
 
 /// The helper binary: `explicit`, or our own executable.
@@ -35,20 +63,16 @@ pub fn spawn(binary: &Path, stdio: Stdio) -> Result<Helper> {
     cmd.arg("init")
         .env_clear()
         .env(INIT_SOCKET_ENV, INIT_SOCKET_FD.to_string());
-    let mut io = ProcessIo::default();
-    let mut terminal = false;
-    let mut master = None;
+    let null = std::process::Stdio::null;
+    let mut console = None;
     match stdio {
         Stdio::Pipes => {
-            cmd.stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
+            let piped = std::process::Stdio::piped;
+            cmd.stdin(piped()).stdout(piped()).stderr(piped());
         }
         Stdio::Inherit => {}
         Stdio::Null => {
-            cmd.stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
+            cmd.stdin(null()).stdout(null()).stderr(null());
         }
         Stdio::Fds {
             stdin,
@@ -58,35 +82,33 @@ pub fn spawn(binary: &Path, stdio: Stdio) -> Result<Helper> {
             cmd.stdin(stdin).stdout(stdout).stderr(stderr);
         }
         Stdio::Terminal => {
-            let pty = nix::pty::openpty(None, None).map_err(|e| Error::sys("openpty", e))?;
-            // The master stays with the caller only: it must not leak into the container.
-            nix::fcntl::fcntl(
-                &pty.master,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .map_err(|e| Error::sys("set FD_CLOEXEC on pty master", e))?;
-            let slave: OwnedFd = pty.slave;
-            let dup = |fd: &OwnedFd| {
-                fd.try_clone()
-                    .map_err(|e| Error::io("dup pty slave", "/dev/ptmx", e))
-            };
-            cmd.stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(slave);
-            master = Some(File::from(pty.master));
-            terminal = true;
+            cmd.stdin(null()).stdout(null()).stderr(null());
+            console = Some(
+                UnixStream::pair()
+                    .map_err(|e| Error::io("socketpair for console of", binary, e))?,
+            );
         }
     }
     let raw = theirs.as_raw_fd();
-    // SAFETY: the closure runs between fork and exec and only calls dup2/fcntl, which are
-    // async-signal-safe; `raw` stays open in the parent until spawn returns.
+    let raw_console = console.as_ref().map(|(_, t)| t.as_raw_fd());
+    // SAFETY: the closure runs between fork and exec and only calls fcntl and dup2, which
+    // are async-signal-safe; the descriptors stay open in the parent until spawn returns.
     unsafe {
         cmd.pre_exec(move || {
-            if raw == INIT_SOCKET_FD {
-                // dup2 onto itself keeps FD_CLOEXEC: clear it instead.
-                if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
+            // Move both out of the way first (close-on-exec copies above 10), so placing one
+            // on fd 3 cannot clobber the other.
+            let sock = libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 10);
+            let cons = raw_console.map(|c| libc::fcntl(c, libc::F_DUPFD_CLOEXEC, 10));
+            if sock < 0 || cons.is_some_and(|c| c < 0) {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::dup2(sock, INIT_SOCKET_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(c) = cons {
+                if libc::dup2(c, CONSOLE_SOCKET_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(raw, INIT_SOCKET_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -95,14 +117,49 @@ pub fn spawn(binary: &Path, stdio: Stdio) -> Result<Helper> {
         .spawn()
         .map_err(|e| Error::io("spawn init helper", binary, e))?;
     drop(theirs);
-    io.stdin = child.stdin.take().map(|s| File::from(OwnedFd::from(s)));
-    io.stdout = child.stdout.take().map(|s| File::from(OwnedFd::from(s)));
-    io.stderr = child.stderr.take().map(|s| File::from(OwnedFd::from(s)));
-    io.terminal = master;
+    let io = ProcessIo {
+        stdin: child.stdin.take().map(|s| File::from(OwnedFd::from(s))),
+        stdout: child.stdout.take().map(|s| File::from(OwnedFd::from(s))),
+        stderr: child.stderr.take().map(|s| File::from(OwnedFd::from(s))),
+        terminal: None,
+    };
     Ok(Helper {
         child,
         sock: ours,
         io,
-        terminal,
+        console: console.map(|(ours, _)| ours),
     })
+}
+
+/// Sends one descriptor over a Unix socket (SCM_RIGHTS), with a one-byte payload.
+pub fn send_fd(sock: RawFd, fd: RawFd) -> nix::Result<()> {
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(b"t")];
+    sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::empty(), None).map(|_| ())
+}
+
+/// Receives one descriptor sent by [`send_fd`]; EOF (every sender gone) is an error.
+pub fn recv_fd(sock: &UnixStream) -> std::io::Result<File> {
+    let mut byte = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
+                return Ok(unsafe { File::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "no descriptor received (the process exited before opening its terminal)",
+    ))
 }

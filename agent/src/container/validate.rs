@@ -52,6 +52,22 @@ pub fn spec(id: &str, spec: &Spec) -> Result<()> {
             format!("{} is not absolute", process.cwd().display()),
         ));
     }
+    // Warnings go to the caller's logger (the init helper has none), and a bad seccomp
+    // profile fails here, before anything exists.
+    if process.apparmor_profile().is_some() {
+        log::warn!(
+            "container {id}: process.apparmorProfile is ignored: ward does not load AppArmor profiles"
+        );
+    }
+    if process.selinux_label().is_some() {
+        log::warn!(
+            "container {id}: process.selinuxLabel is ignored: ward does not apply SELinux labels"
+        );
+    }
+    super::hooks::warn_unsupported(id, spec.hooks().as_ref());
+    if let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        super::seccomp::compile_profile(profile)?;
+    }
     for (i, m) in spec
         .mounts()
         .as_deref()
@@ -110,6 +126,12 @@ pub fn root_path(id: &str, spec: &Spec, bundle: Option<&Path>) -> Result<PathBuf
         Some(b) if p.is_relative() => b.join(p),
         _ => p.clone(),
     })
+}
+
+/// Whether `path` is a block device (a layer image attached as a drive).
+pub fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
 }
 
 /// A rootfs or layer directory must exist.

@@ -223,3 +223,34 @@ pub fn leftovers(id: &str, bundle: &Path) -> Vec<String> {
     }
     out
 }
+
+/// Runs every other test of the current test binary inside the nested harness's L1, whose
+/// kernel mounts cgroup v2 at /sys/fs/cgroup (the guest's layout), and asserts they pass.
+pub fn run_self_in_l1(label: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "grep -q '^cgroup2 /sys/fs/cgroup ' /proc/mounts || {{ echo 'L1 has no cgroup2 at /sys/fs/cgroup'; exit 3; }}; \
+         exec {} --test-threads 1 --skip nest_",
+        exe.display()
+    );
+    let opts = ward_nest::Options {
+        label: format!("{label}-{}", std::process::id()),
+        timeout: std::time::Duration::from_secs(300),
+        ..ward_nest::Options::default()
+    };
+    let out =
+        ward_nest::run(&["/bin/sh", "-c", &script], &opts).expect("nested harness round trip");
+    let (stdout, stderr) = (
+        out.stdout_str(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    eprintln!("L1 ({:?}):\n{stdout}", out.elapsed);
+    assert_eq!(
+        out.status, 0,
+        "tests failed in L1 (cgroup v2):\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("test result: ok.") && stdout.contains(" 0 failed"),
+        "{stdout}"
+    );
+}

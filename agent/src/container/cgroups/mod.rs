@@ -2,6 +2,8 @@
 //! mounted at /sys/fs/cgroup: cgroup2 there means v2 (the guest), anything else v1 (the host
 //! here, hybrid layout).
 
+pub mod devices_bpf;
+pub mod oom;
 pub mod stats;
 pub mod v1;
 pub mod v2;
@@ -30,6 +32,8 @@ pub trait CgroupManager: Debug + Send + Sync {
     fn stats(&self) -> Result<Stats>;
     /// How many times the OOM killer killed a process of this cgroup.
     fn oom_kill_count(&self) -> u64;
+    /// A descriptor that becomes readable when the cgroup hits OOM.
+    fn oom_watch(&self) -> Result<oom::OomWatch>;
     /// Pids of every process in the cgroup.
     fn pids(&self) -> Vec<i32>;
     /// Removes the cgroup directories (the cgroup must be empty).

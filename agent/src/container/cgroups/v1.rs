@@ -307,7 +307,10 @@ impl CgroupManager for V1 {
         if let Some(d) = self.dir("memory") {
             s.memory_usage = read_u64(d, "memory.usage_in_bytes").unwrap_or(0);
             s.memory_max_usage = read_u64(d, "memory.max_usage_in_bytes").unwrap_or(0);
-            s.memory_limit = read_u64(d, "memory.limit_in_bytes").unwrap_or(u64::MAX);
+            // v1 says "unlimited" as the largest page-aligned i64.
+            s.memory_limit = read_u64(d, "memory.limit_in_bytes")
+                .filter(|l| *l < (i64::MAX as u64) & !0xfff)
+                .unwrap_or(u64::MAX);
             s.memory_cache = keyed(d, "memory.stat", "total_cache").unwrap_or(0);
         }
         if let Some(d) = self.dir("pids") {
@@ -340,6 +343,10 @@ impl CgroupManager for V1 {
         self.dir("memory")
             .and_then(|d| keyed(d, "memory.oom_control", "oom_kill"))
             .unwrap_or(0)
+    }
+
+    fn oom_watch(&self) -> Result<super::oom::OomWatch> {
+        super::oom::OomWatch::v1(self.need("memory")?)
     }
 
     fn pids(&self) -> Vec<i32> {

@@ -1,8 +1,7 @@
 //! cgroup v2: one directory in the unified hierarchy; controllers are enabled in every
 //! ancestor's `cgroup.subtree_control` on the way down.
 //!
-//! Device rules need a BPF program attached to the cgroup; ward does not load one yet
-//! (documented gap): in vm mode the guest holds only the sandbox's devices anyway.
+//! Device rules become a BPF program attached to the cgroup (see `devices_bpf.rs`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,12 +17,15 @@ use crate::container::error::{Error, Result};
 #[derive(Debug)]
 pub struct V2 {
     dir: PathBuf,
+    /// The device program attached now, replaced on update.
+    device_prog: std::sync::Mutex<Option<std::os::fd::OwnedFd>>,
 }
 
 impl V2 {
     pub fn new(rel: &Path) -> Self {
         Self {
             dir: Path::new(CGROUP_ROOT).join(rel),
+            device_prog: std::sync::Mutex::new(None),
         }
     }
 }
@@ -163,10 +165,14 @@ impl CgroupManager for V2 {
                 h.limit().to_string(),
             )?;
         }
-        if res.devices().as_ref().is_some_and(|r| !r.is_empty()) {
-            log::warn!(
-                "cgroup v2 device rules are not enforced by ward yet (no BPF device filter)"
-            );
+        if let Some(rules) = res.devices().as_ref().filter(|r| !r.is_empty()) {
+            let prog = super::devices_bpf::load(rules)?;
+            let mut current = self
+                .device_prog
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            super::devices_bpf::attach(&self.dir, &prog, current.as_ref())?;
+            *current = Some(prog);
         }
         Ok(())
     }
@@ -223,6 +229,10 @@ impl CgroupManager for V2 {
 
     fn oom_kill_count(&self) -> u64 {
         keyed(&self.dir, "memory.events", "oom_kill").unwrap_or(0)
+    }
+
+    fn oom_watch(&self) -> Result<super::oom::OomWatch> {
+        super::oom::OomWatch::v2(&self.dir)
     }
 
     fn pids(&self) -> Vec<i32> {

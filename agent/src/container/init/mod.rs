@@ -24,10 +24,9 @@ pub fn main() -> ! {
     // SAFETY: the library passes the socket as fd 3 and nothing else in this fresh process
     // owns that descriptor.
     let mut sock = unsafe { UnixStream::from_raw_fd(INIT_SOCKET_FD) };
-    // The container process must not inherit the socket past exec: EOF is how the library
-    // learns the exec succeeded.
-    // SAFETY: fcntl on an fd we own, with an integer argument.
-    unsafe { libc::fcntl(INIT_SOCKET_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // Nothing but stdio may reach the container process: not our sockets (EOF on them is
+    // how the library learns the exec succeeded), not whatever the caller leaked to us.
+    cloexec_from(INIT_SOCKET_FD);
     let cfg = match recv::<ToInit>(&mut sock) {
         Ok(Some(ToInit::Config(cfg))) => cfg,
         other => {
@@ -42,11 +41,40 @@ pub fn main() -> ! {
     std::process::exit(0);
 }
 
+/// Marks every descriptor from `first` up close-on-exec (runc's CloseExecFrom).
+fn cloexec_from(first: i32) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return;
+    }
+    // Kernels before 5.11: walk /proc/self/fd.
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl F_SETFD only changes the flags of a descriptor (a stale one fails).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
 /// The helper's part: namespaces, then the clone.
 fn run(cfg: &InitConfig, sock: &mut UnixStream) -> Result<()> {
     let mut new = CloneFlags::empty();
     let mut joins = Vec::new();
     let mut new_user = false;
+    let mut new_time = false;
     for kind in JOIN_ORDER {
         let Some(ns) = cfg.namespaces.iter().find(|n| n.kind == kind) else {
             continue;
@@ -54,6 +82,9 @@ fn run(cfg: &InitConfig, sock: &mut UnixStream) -> Result<()> {
         match &ns.path {
             Some(path) => joins.push((kind, open_path(path)?, path.clone())),
             None if kind == LinuxNamespaceType::User => new_user = true,
+            // clone(2) reads its low byte as the exit signal: CLONE_NEWTIME (0x80) only
+            // works through unshare, which puts our future children in the new namespace.
+            None if kind == LinuxNamespaceType::Time => new_time = true,
             None => new |= clone_flag(kind),
         }
     }
@@ -83,6 +114,10 @@ fn run(cfg: &InitConfig, sock: &mut UnixStream) -> Result<()> {
             .map_err(|e| Error::sys("setresgid 0 in the new user namespace", e))?;
         setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
             .map_err(|e| Error::sys("setresuid 0 in the new user namespace", e))?;
+    }
+    if new_time {
+        unshare(clone_flag(LinuxNamespaceType::Time))
+            .map_err(|e| Error::sys("unshare time namespace", e))?;
     }
     let in_user_ns = new_user || joins.iter().any(|(k, ..)| *k == LinuxNamespaceType::User);
 
@@ -119,19 +154,14 @@ fn child(cfg: &InitConfig, sock: &mut UnixStream, in_user_ns: bool) -> Result<()
     // Its own session: signals to the library's process group do not reach the container,
     // and a terminal can become its controlling one.
     nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
-    if cfg.terminal {
-        // SAFETY: TIOCSCTTY on fd 0 (the pty slave) takes an integer argument.
-        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
-            return Err(Error::sys(
-                "TIOCSCTTY on the pty slave",
-                nix::errno::Errno::last(),
-            ));
-        }
-    }
     let process = match &cfg.mode {
         InitMode::Create { rootfs: plan } => {
             rootfs::build(&cfg.spec, plan, cfg.cgroup_v2, in_user_ns)?;
             rootfs::apply_identity(&cfg.spec)?;
+            rootfs::protect(&cfg.spec)?;
+            if cfg.terminal {
+                open_terminal()?;
+            }
             send(sock, &FromInit::Ready).map_err(|e| proto(cfg, &e.to_string()))?;
             match recv::<ToInit>(sock) {
                 Ok(Some(ToInit::Start)) => {}
@@ -147,10 +177,52 @@ fn child(cfg: &InitConfig, sock: &mut UnixStream, in_user_ns: bool) -> Result<()
                     reason: "missing".into(),
                 })?
         }
-        InitMode::Exec { process } => (**process).clone(),
+        InitMode::Exec { process } => {
+            if cfg.terminal {
+                open_terminal()?;
+            }
+            (**process).clone()
+        }
     };
     let Err(e) = process::exec(&cfg.spec, &process);
     Err(e)
+}
+
+/// Opens a pty in the container's devpts, makes its slave our stdio and controlling
+/// terminal, and sends the master to the library over the console socket.
+fn open_terminal() -> Result<()> {
+    use nix::fcntl::OFlag;
+    use std::os::fd::AsRawFd;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| Error::sys("open /dev/ptmx in the container (is /dev/pts mounted?)", e))?;
+    nix::pty::grantpt(&master).map_err(|e| Error::sys("grantpt", e))?;
+    nix::pty::unlockpt(&master).map_err(|e| Error::sys("unlockpt", e))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| Error::sys("ptsname", e))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::sys(format!("open pty slave {name}"), e))?;
+    for target in 0..=2 {
+        // SAFETY: dup2 onto the standard descriptors of this single-threaded process.
+        if unsafe { libc::dup2(slave.as_raw_fd(), target) } < 0 {
+            return Err(Error::sys(
+                format!("dup2 {name} onto fd {target}"),
+                nix::errno::Errno::last(),
+            ));
+        }
+    }
+    drop(slave);
+    // SAFETY: TIOCSCTTY on fd 0 (the pty slave) takes an integer argument.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(Error::sys(
+            format!("TIOCSCTTY on {name}"),
+            nix::errno::Errno::last(),
+        ));
+    }
+    super::spawn::send_fd(super::spawn::CONSOLE_SOCKET_FD, master.as_raw_fd())
+        .map_err(|e| Error::sys("send the pty master over the console socket", e))
 }
 
 /// Sends `ask`, then waits for the reply `ok` accepts.
