@@ -571,18 +571,6 @@ impl Container {
         self.cgroup.oom_kill_count()
     }
 
-    /// Records an exit the caller reaped itself (the agent owns `waitpid` for all its
-    /// children): `code` in shell convention, `signal` when one killed the process. Returns
-    /// whether the container's OOM killer did it.
-    pub fn note_exit(&mut self, code: i32, signal: Option<i32>) -> bool {
-        self.exited(ExitStatus {
-            code,
-            signal,
-            oom_killed: false,
-        })
-        .oom_killed
-    }
-
     /// Every process in the container's cgroup.
     pub fn pids(&self) -> Vec<i32> {
         self.cgroup.pids()

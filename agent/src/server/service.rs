@@ -135,7 +135,11 @@ impl Service {
                 let entry2 = Arc::clone(&entry);
                 let _ = tokio::task::spawn_blocking(move || {
                     if let Some(c) = entry2.container.lock().expect("lock").as_mut() {
-                        c.note_exit(exit.status, exit.signal);
+                        c.mark_exited(crate::container::ExitStatus {
+                            code: exit.status,
+                            signal: exit.signal,
+                            oom_killed: false,
+                        });
                     }
                 })
                 .await;
