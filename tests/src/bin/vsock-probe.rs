@@ -18,6 +18,8 @@
 //! vsock-probe serve-unix PATH                       host server for guest-initiated streams
 //! vsock-probe client-vsock CID PORT OP BYTES [CONNS]
 //! vsock-probe client-uds UDS PORT OP BYTES [CONNS]  host side: CONNECT PORT first
+//! vsock-probe read-seq DEV                          O_DIRECT 1 MiB reads of all of DEV
+//! vsock-probe read-rand DEV COUNT                   O_DIRECT 4 KiB random reads, QD 1
 //! ```
 //! A client prints `OP BYTES conns=C ok secs=S mbps=M` or fails with exit 1.
 
@@ -390,6 +392,66 @@ fn client(t: Target, op: &str, n: u64, conns: usize) -> Result<()> {
     Ok(())
 }
 
+const O_DIRECT: i32 = 0o40000;
+
+/// Opens `dev` with O_DIRECT (no guest page cache: every read reaches the device) and
+/// returns it with its size and a 4 KiB-aligned buffer of `len` bytes.
+fn open_direct(dev: &str, len: usize) -> Result<(File, u64, Vec<u8>, usize)> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_DIRECT)
+        .open(dev)
+        .map_err(|e| format!("open {dev}: {e}"))?;
+    let size = f.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    let buf = vec![0u8; len + 4096];
+    let align = (4096 - buf.as_ptr() as usize % 4096) % 4096;
+    Ok((f, size, buf, align))
+}
+
+fn read_seq(dev: &str) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: usize = 1 << 20;
+    let (f, size, mut buf, a) = open_direct(dev, BLOCK)?;
+    let start = Instant::now();
+    let mut off = 0;
+    while off < size {
+        let len = (size - off).min(BLOCK as u64) as usize;
+        f.read_exact_at(&mut buf[a..a + len], off)
+            .map_err(|e| format!("read {dev} at {off}: {e}"))?;
+        off += len as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "seq-read bytes={size} secs={secs:.2} mbps={:.1}",
+        size as f64 / 1e6 / secs
+    );
+    Ok(())
+}
+
+fn read_rand(dev: &str, count: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let (f, size, mut buf, a) = open_direct(dev, 4096)?;
+    let blocks = size / 4096;
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let start = Instant::now();
+    for _ in 0..count {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = (x % blocks) * 4096;
+        f.read_exact_at(&mut buf[a..a + 4096], off)
+            .map_err(|e| format!("read {dev} at {off}: {e}"))?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "rand-read count={count} secs={secs:.2} iops={:.0}",
+        count as f64 / secs
+    );
+    Ok(())
+}
+
 fn run(args: &[String]) -> Result<()> {
     let arg = |i: usize| -> Result<&str> {
         args.get(i)
@@ -437,6 +499,8 @@ fn run(args: &[String]) -> Result<()> {
             num(5)?,
             conns(6)?,
         ),
+        "read-seq" => read_seq(arg(2)?),
+        "read-rand" => read_rand(arg(2)?, num(3)?),
         other => Err(format!("unknown mode {other:?}")),
     }
 }
