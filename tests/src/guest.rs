@@ -82,6 +82,11 @@ pub fn ready_elf() -> Vec<u8> {
 /// Builds `dir/<name>.cpio`: busybox-static with its applets, `/bin/ward-ready`, and
 /// `init` as `/init` (a `#!/bin/sh` script).
 pub fn build_initrd(dir: &Path, name: &str, init: &str) -> PathBuf {
+    build_initrd_with(dir, name, init, &[])
+}
+
+/// [`build_initrd`] plus `extra` executables, each `(name in /bin, host file)`.
+pub fn build_initrd_with(dir: &Path, name: &str, init: &str, extra: &[(&str, &Path)]) -> PathBuf {
     let root = dir.join(format!("{name}.root"));
     let _ = std::fs::remove_dir_all(&root);
     for d in ["bin", "proc", "sys", "dev", "tmp"] {
@@ -99,6 +104,9 @@ pub fn build_initrd(dir: &Path, name: &str, init: &str) -> PathBuf {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     };
     write_exec(root.join("bin/ward-ready"), &ready_elf());
+    for (bin, host) in extra {
+        write_exec(root.join("bin").join(bin), &std::fs::read(host).unwrap());
+    }
     let script = format!("#!/bin/sh\n/bin/busybox --install -s /bin\n{init}\n");
     write_exec(root.join("init"), script.as_bytes());
 
@@ -134,6 +142,34 @@ pub fn vmm_binary() -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     target.join("debug/ward-vmm")
+}
+
+/// `tests/src/bin/vsock-probe.rs` built as a static musl executable (it runs in the guest
+/// and, unchanged, on the VMM's side), at `dir/vsock-probe`. It uses only std, so rustc
+/// builds it alone in a second or two, without the test crate's dependencies.
+pub fn vsock_probe(dir: &Path) -> PathBuf {
+    let src = crate::workspace_root().join("tests/src/bin/vsock-probe.rs");
+    let out = dir.join("vsock-probe");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let status = Command::new(rustc)
+        .args([
+            "--edition",
+            "2024",
+            "-O",
+            "--target",
+            "x86_64-unknown-linux-musl",
+        ])
+        .args(["-C", "target-feature=+crt-static", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("running rustc");
+    assert!(
+        status.success(),
+        "building vsock-probe for x86_64-unknown-linux-musl failed \
+         (rustup target add x86_64-unknown-linux-musl)"
+    );
+    out
 }
 
 /// A scratch directory under the workspace's `target/` (visible read-only in the nested

@@ -48,6 +48,77 @@ pub struct VmConfig {
     /// Run under the seccomp filter of `seccomp.rs` once the guest starts.
     #[serde(default = "default_seccomp")]
     pub seccomp: bool,
+    /// virtio-blk drive slots, `/dev/vda`, `/dev/vdb`, ... in this order.
+    #[serde(default)]
+    pub drives: Vec<DriveConfig>,
+    /// virtio-vsock with a Unix-socket backend.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// A virtio-rng device (`/dev/hwrng` in the guest).
+    #[serde(default)]
+    pub rng: bool,
+}
+
+/// Most drive slots a microVM may have: with vsock and rng that is 18 of the 19 device
+/// interrupts the IOAPIC has left (GSIs 5-23).
+pub const MAX_DRIVES: usize = 16;
+/// Longest GET_ID serial virtio-blk can return.
+pub const MAX_SERIAL_BYTES: usize = 20;
+
+/// One virtio-blk slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// The API's name for the drive (`PUT /drives/{id}`).
+    pub id: String,
+    /// Disk image; absent for an empty slot that `PUT /drives/{id}` fills later.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Fixed for the slot's lifetime (the guest negotiates it once, at boot).
+    #[serde(default)]
+    pub read_only: bool,
+    /// What the guest reads as the drive's serial (`/sys/block/vdX/serial`), 20 bytes max.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// Open the image with O_DIRECT (the guest then uses 4 KiB blocks).
+    #[serde(default)]
+    pub direct_io: bool,
+}
+
+impl std::str::FromStr for DriveConfig {
+    type Err = ConfigError;
+
+    /// The `--drive` flag: `id=NAME[,path=FILE][,ro][,serial=S][,direct]`.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let mut d = DriveConfig::default();
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) => v.clone_into(&mut d.id),
+                Some(("path", v)) => d.path = Some(v.into()),
+                Some(("serial", v)) => d.serial = Some(v.to_owned()),
+                None if part == "ro" => d.read_only = true,
+                None if part == "direct" => d.direct_io = true,
+                _ => {
+                    return Err(ConfigError::DriveFlag {
+                        flag: s.to_owned(),
+                        part: part.to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(d)
+    }
+}
+
+/// virtio-vsock: the guest's context id and the host-side Unix socket (hybrid scheme).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// 3 or more (0-2 are reserved for the hypervisor, local and host).
+    pub guest_cid: u64,
+    /// Host connects here and writes `CONNECT <port>\n`; guest-initiated connections to
+    /// port P go to `<uds_path>_P`.
+    pub uds_path: PathBuf,
 }
 
 /// Destination of the guest's serial console output.
@@ -111,6 +182,20 @@ pub enum ConfigError {
     },
     #[error("kernel command line contains a NUL byte")]
     CmdlineNul,
+    #[error(
+        "--drive {flag}: cannot parse {part:?} (want id=NAME[,path=FILE][,ro][,serial=S][,direct])"
+    )]
+    DriveFlag { flag: String, part: String },
+    #[error("{count} drives: a microVM has at most {MAX_DRIVES}")]
+    TooManyDrives { count: usize },
+    #[error("drive id {id:?}: ids must be non-empty, unique, and use only [A-Za-z0-9_-]")]
+    DriveId { id: String },
+    #[error("drive {id}: serial {serial:?} is longer than {MAX_SERIAL_BYTES} bytes")]
+    DriveSerial { id: String, serial: String },
+    #[error("vsock guest_cid = {0}: context ids 0-2 are reserved, use 3 or more")]
+    VsockCid(u64),
+    #[error("vsock uds_path {path}: directory {dir} does not exist")]
+    VsockDir { path: PathBuf, dir: PathBuf },
 }
 
 impl VmConfig {
@@ -126,6 +211,9 @@ impl VmConfig {
             serial: SerialOutput::Stdout,
             api_sock: None,
             seccomp: true,
+            drives: Vec::new(),
+            vsock: None,
+            rng: false,
         }
     }
 
@@ -176,6 +264,51 @@ impl VmConfig {
                     initrd_bytes,
                     kernel_bytes,
                     mem_mib: self.mem_mib,
+                });
+            }
+        }
+        self.validate_devices()
+    }
+
+    fn validate_devices(&self) -> Result<(), ConfigError> {
+        if self.drives.len() > MAX_DRIVES {
+            return Err(ConfigError::TooManyDrives {
+                count: self.drives.len(),
+            });
+        }
+        for (i, d) in self.drives.iter().enumerate() {
+            let valid = !d.id.is_empty()
+                && d.id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                && !self.drives[..i].iter().any(|o| o.id == d.id);
+            if !valid {
+                return Err(ConfigError::DriveId { id: d.id.clone() });
+            }
+            if let Some(serial) = &d.serial {
+                if serial.len() > MAX_SERIAL_BYTES {
+                    return Err(ConfigError::DriveSerial {
+                        id: d.id.clone(),
+                        serial: serial.clone(),
+                    });
+                }
+            }
+            if let Some(path) = &d.path {
+                file_len("drive", path)?;
+            }
+        }
+        if let Some(v) = &self.vsock {
+            if v.guest_cid < 3 || v.guest_cid > u64::from(u32::MAX) {
+                return Err(ConfigError::VsockCid(v.guest_cid));
+            }
+            let dir = match v.uds_path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            if !dir.is_dir() {
+                return Err(ConfigError::VsockDir {
+                    path: v.uds_path.clone(),
+                    dir,
                 });
             }
         }
@@ -281,6 +414,88 @@ mod tests {
         let cfg = VmConfig::new("/nonexistent/vmlinux");
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.starts_with("kernel /nonexistent/vmlinux: "), "{err}");
+    }
+
+    #[test]
+    fn devices_from_json_and_flags() {
+        let cfg: VmConfig = serde_json::from_str(
+            r#"{"kernel": "/k", "rng": true,
+                "drives": [{"id": "rootfs", "path": "/r.img", "read_only": true, "serial": "layer0"},
+                           {"id": "spare"}],
+                "vsock": {"guest_cid": 3, "uds_path": "/run/v.sock"}}"#,
+        )
+        .unwrap();
+        assert!(cfg.rng);
+        assert_eq!(cfg.drives[1].path, None);
+        assert!(cfg.drives[0].read_only && !cfg.drives[1].read_only);
+        assert_eq!(cfg.vsock.unwrap().guest_cid, 3);
+        let d: DriveConfig = "id=a,path=/x.img,ro,serial=s1".parse().unwrap();
+        assert_eq!(
+            d,
+            DriveConfig {
+                id: "a".into(),
+                path: Some("/x.img".into()),
+                read_only: true,
+                serial: Some("s1".into()),
+                direct_io: false,
+            }
+        );
+        let err = "id=a,rw".parse::<DriveConfig>().unwrap_err().to_string();
+        assert!(err.contains("\"rw\""), "{err}");
+    }
+
+    #[test]
+    fn device_checks() {
+        let (d, mut cfg) = with_files(1000, 1000);
+        cfg.drives = (0..17)
+            .map(|i| DriveConfig {
+                id: format!("d{i}"),
+                ..DriveConfig::default()
+            })
+            .collect();
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("17 drives")
+        );
+        cfg.drives.truncate(16);
+        cfg.validate().unwrap();
+        cfg.drives[3].id = "d0".into();
+        assert!(cfg.validate().unwrap_err().to_string().contains("\"d0\""));
+        cfg.drives[3].id = "d3".into();
+        cfg.drives[2].serial = Some("x".repeat(21));
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("longer than 20")
+        );
+        cfg.drives[2].serial = None;
+        cfg.drives[1].path = Some("/nonexistent/disk.img".into());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("drive /nonexistent/disk.img: "), "{err}");
+        cfg.drives[1].path = None;
+        cfg.vsock = Some(VsockConfig {
+            guest_cid: 2,
+            uds_path: d.path.join("v.sock"),
+        });
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("guest_cid = 2")
+        );
+        cfg.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: "/nonexistent/v.sock".into(),
+        });
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("/nonexistent")
+        );
     }
 
     #[test]

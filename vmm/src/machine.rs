@@ -20,6 +20,7 @@ use crate::arch::x86_64::regs::{BootProtocol, EntryPoint};
 use crate::arch::x86_64::{boot_info, mptable, paging, regs};
 use crate::boot::{self, LoadedKernel};
 use crate::config::{ConfigError, SerialOutput, VmConfig};
+use crate::devices::attach::{VirtioDevices, attach_all};
 use crate::devices::bus::{BusError, SharedDevice};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::boot_port::BootPort;
@@ -71,6 +72,8 @@ pub enum VmmError {
     Api(#[from] crate::api::ApiError),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
+    Device(#[from] crate::devices::attach::DeviceError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmmError {
@@ -125,6 +128,8 @@ pub struct VmHandles {
     pub exit_evt: Arc<EventFd>,
     pub vcpu_count: u8,
     pub mem_mib: u32,
+    /// Drives (for `PUT /drives/{id}`) and per-device counters.
+    pub devices: Arc<VirtioDevices>,
 }
 
 /// A configured microVM, not yet running.
@@ -146,6 +151,7 @@ pub struct Vmm {
     vcpu_control: Arc<VcpuControl>,
     events: EventManager<Subscriber>,
     mmio_slots: u64,
+    devices: Arc<VirtioDevices>,
     quiet: bool,
 }
 
@@ -226,7 +232,7 @@ impl Vmm {
             1,
         )?;
 
-        Ok(Self {
+        let mut vmm = Self {
             config,
             mem,
             kernel,
@@ -244,8 +250,12 @@ impl Vmm {
             vcpu_control: Arc::new(VcpuControl::default()),
             events: EventManager::new().map_err(VmmError::EventLoop)?,
             mmio_slots: 0,
+            devices: Arc::default(),
             quiet,
-        })
+        };
+        let config = vmm.config.clone();
+        vmm.devices = Arc::new(attach_all(&mut vmm, &config)?);
+        Ok(vmm)
     }
 
     /// Guest memory, for devices that read and write it (virtqueues).
@@ -303,6 +313,7 @@ impl Vmm {
             exit_evt: self.exit_evt.clone(),
             vcpu_count: self.config.vcpus,
             mem_mib: self.config.mem_mib,
+            devices: self.devices.clone(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ward_vmm::config::SerialOutput;
+use ward_vmm::config::{DriveConfig, SerialOutput, VsockConfig};
 use ward_vmm::{VmConfig, VmExit, Vmm, VmmError};
 
 /// ward's microVM monitor.
@@ -40,6 +40,18 @@ struct Args {
     /// Do not install the seccomp filter (for debugging a blocked system call).
     #[arg(long)]
     no_seccomp: bool,
+    /// A virtio-blk slot, `id=NAME[,path=FILE][,ro][,serial=S][,direct]`; repeat for more
+    /// (added after the config file's drives).
+    #[arg(long = "drive")]
+    drives: Vec<DriveConfig>,
+    /// virtio-vsock host socket (hybrid scheme); the guest CID is `--vsock-cid` (3).
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    vsock_cid: u64,
+    /// Add a virtio-rng device.
+    #[arg(long)]
+    rng: bool,
 }
 
 fn config(args: Args) -> anyhow::Result<VmConfig> {
@@ -77,6 +89,14 @@ fn config(args: Args) -> anyhow::Result<VmConfig> {
     if args.no_seccomp {
         cfg.seccomp = false;
     }
+    cfg.drives.extend(args.drives);
+    if let Some(uds_path) = args.vsock_uds {
+        cfg.vsock = Some(VsockConfig {
+            guest_cid: args.vsock_cid,
+            uds_path,
+        });
+    }
+    cfg.rng |= args.rng;
     Ok(cfg)
 }
 
@@ -94,7 +114,11 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("ward-vmm: {e}");
             let code = match e {
-                VmmError::Config(_) | VmmError::Boot(_) | VmmError::Memory(_) => 2,
+                // A drive image or vsock socket that cannot be opened is a configuration error.
+                VmmError::Config(_)
+                | VmmError::Boot(_)
+                | VmmError::Memory(_)
+                | VmmError::Device(_) => 2,
                 _ => 3,
             };
             return ExitCode::from(code);

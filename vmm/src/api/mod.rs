@@ -1,8 +1,8 @@
 //! The control API: HTTP+JSON on a Unix socket, served by its own thread.
 //!
 //! `GET /vm` (state, boot times, exit counts), `PUT /vm/actions` (`pause`, `resume`,
-//! `shutdown`), `GET /metrics`. Devices get their own top-level resources (`/drives/<id>`,
-//! `/vsock`) next to these, so adding them reshapes nothing.
+//! `shutdown`), `GET /metrics` (with per-device counters), `GET|PUT /drives/{id}` (swap a
+//! drive's backing image while the guest runs).
 
 pub mod http;
 
@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::attach::DevicesSnapshot;
 use crate::machine::VmHandles;
 use crate::metrics::MetricsSnapshot;
 use crate::vstate::vcpu::RunState;
@@ -106,11 +107,64 @@ fn handle_connection(stream: &UnixStream, vm: &VmHandles) {
     let _ = response.write_to(stream);
 }
 
+/// `GET /metrics`: the VMM's counters and, under `devices`, each virtio device's.
+#[derive(Debug, Clone, Serialize)]
+pub struct FullMetrics {
+    #[serde(flatten)]
+    pub vm: MetricsSnapshot,
+    pub devices: DevicesSnapshot,
+}
+
+/// `PUT /drives/{id}` body: attach `path` (or empty the slot with `null`/absent) and set the
+/// serial the guest reads.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+fn drive(req: &Request, id: &str, vm: &VmHandles) -> Response {
+    let Some(d) = vm.devices.drive(id) else {
+        return Response::fault(404, format!("no drive {id:?}"));
+    };
+    match req.method.as_str() {
+        "GET" => Response::json(200, &vm.devices.drive_info(d)),
+        "PUT" => {
+            let update = match serde_json::from_slice::<DriveUpdate>(&req.body) {
+                Ok(u) => u,
+                Err(e) => return Response::fault(400, format!("PUT /drives/{id} body: {e}")),
+            };
+            let swapped = d
+                .block
+                .lock()
+                .expect("block lock")
+                .swap_backend(update.path.as_deref(), update.serial.as_deref());
+            match swapped {
+                Ok(()) => Response::no_content(),
+                Err(e) => Response::fault(400, e.to_string()),
+            }
+        }
+        m => Response::fault(405, format!("{m} is not allowed on {}", req.path)),
+    }
+}
+
 /// Dispatches one request.
 pub fn route(req: &Request, vm: &VmHandles) -> Response {
+    if let Some(id) = req.path.strip_prefix("/drives/") {
+        return drive(req, id, vm);
+    }
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/vm") => Response::json(200, &vm_info(vm)),
-        ("GET", "/metrics") => Response::json(200, &vm.metrics.snapshot()),
+        ("GET", "/metrics") => Response::json(
+            200,
+            &FullMetrics {
+                vm: vm.metrics.snapshot(),
+                devices: vm.devices.snapshot(),
+            },
+        ),
         ("PUT", "/vm/actions") => match serde_json::from_slice::<Action>(&req.body) {
             Ok(action) => act(action.action_type, vm),
             Err(e) => Response::fault(400, format!("PUT /vm/actions body: {e}")),
@@ -178,6 +232,7 @@ mod tests {
             exit_evt: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
             vcpu_count: 2,
             mem_mib: 256,
+            devices: Arc::default(),
         }
     }
 
@@ -203,9 +258,74 @@ mod tests {
         assert_eq!(route(&req("GET", "/metrics", ""), &vm).status, 200);
         assert_eq!(route(&req("DELETE", "/vm", ""), &vm).status, 405);
         assert_eq!(route(&req("GET", "/drives/rootfs", ""), &vm).status, 404);
+        let m = route(&req("GET", "/metrics", ""), &vm);
+        let m: serde_json::Value = serde_json::from_str(m.body.as_deref().unwrap()).unwrap();
+        assert!(
+            m["exits"].is_u64() && m["devices"]["drives"].is_object(),
+            "{m}"
+        );
         let bad = route(&req("PUT", "/vm/actions", r#"{"action":"pause"}"#), &vm);
         assert_eq!(bad.status, 400);
         assert!(bad.body.unwrap().contains("unknown field `action`"));
+    }
+
+    #[test]
+    fn drive_swap() {
+        use crate::devices::attach::{DriveHandle, VirtioDevices};
+        use crate::devices::virtio::block::{Block, BlockConfig};
+        use crate::machine::MmioSlot;
+        use std::sync::Mutex;
+
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("layer.img");
+        std::fs::write(&img, vec![0u8; 8192]).unwrap();
+        let block = Block::new(BlockConfig {
+            drive_id: "layer0".into(),
+            read_only: true,
+            ..BlockConfig::default()
+        })
+        .unwrap();
+        let mut vm = handles();
+        vm.devices = Arc::new(VirtioDevices {
+            drives: vec![DriveHandle {
+                id: "layer0".into(),
+                block: Arc::new(Mutex::new(block)),
+                slot: MmioSlot {
+                    base: 0xd000_0000,
+                    gsi: 5,
+                },
+            }],
+            ..VirtioDevices::default()
+        });
+        let info = |vm: &VmHandles| {
+            let r = route(&req("GET", "/drives/layer0", ""), vm);
+            assert_eq!(r.status, 200);
+            serde_json::from_str::<serde_json::Value>(r.body.as_deref().unwrap()).unwrap()
+        };
+        assert_eq!(info(&vm)["capacity_sectors"], 0);
+        let body = format!(r#"{{"path": "{}", "serial": "layer-a"}}"#, img.display());
+        assert_eq!(route(&req("PUT", "/drives/layer0", &body), &vm).status, 204);
+        let i = info(&vm);
+        assert_eq!(
+            (i["capacity_sectors"].as_u64(), i["read_only"].as_bool()),
+            (Some(16), Some(true))
+        );
+        let missing = route(
+            &req("PUT", "/drives/layer0", r#"{"path": "/nonexistent/x.img"}"#),
+            &vm,
+        );
+        assert_eq!(missing.status, 400);
+        assert!(missing.body.unwrap().contains("/nonexistent/x.img"));
+        // A failed swap keeps the previous image.
+        assert_eq!(info(&vm)["capacity_sectors"], 16);
+        let bad = route(
+            &req("PUT", "/drives/layer0", r#"{"read_only": false}"#),
+            &vm,
+        );
+        assert_eq!(bad.status, 400);
+        assert_eq!(route(&req("PUT", "/drives/nope", "{}"), &vm).status, 404);
+        assert_eq!(route(&req("PUT", "/drives/layer0", "{}"), &vm).status, 204);
+        assert_eq!(info(&vm)["path"], serde_json::Value::Null);
     }
 
     #[test]
