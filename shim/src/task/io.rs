@@ -1,0 +1,292 @@
+//! A process's stdio between containerd and the agent: containerd names FIFOs, files
+//! (`file://`) or a logging binary (`binary://`); the agent serves one stream connection per
+//! stdio stream. One copy task per stream; the output copies are drained before the exit is
+//! reported, so containerd has all the output when it sees TaskExit.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::task::JoinHandle;
+use ward_agent::client::AgentClient;
+use ward_agent::protocol::agent::StdioConfig;
+use ward_agent::protocol::stream::{StreamHeader, StreamKind};
+
+/// The stdio containerd asked for (paths or URIs, empty for none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stdio {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+impl Stdio {
+    /// What the agent must wire for this stdio.
+    pub fn agent_config(&self) -> StdioConfig {
+        let mut c = StdioConfig::new();
+        c.terminal = self.terminal;
+        c.stdin = !self.stdin.is_empty();
+        c.stdout = !self.stdout.is_empty();
+        // With a terminal, stderr is the terminal too.
+        c.stderr = !self.stderr.is_empty() && !self.terminal;
+        c
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("opening {what} {path}: {source}")]
+    Open {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("starting logging binary {path}: {source}")]
+    Logger {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("attaching {kind:?} of {container}/{exec}: {source}")]
+    Attach {
+        container: String,
+        exec: String,
+        kind: StreamKind,
+        source: ward_agent::client::ClientError,
+    },
+}
+
+type Output = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// The running copies of one process's stdio.
+#[derive(Debug, Default)]
+pub struct ProcessIo {
+    stdin: Option<JoinHandle<()>>,
+    outputs: Vec<JoinHandle<()>>,
+    logger: Option<JoinHandle<()>>,
+}
+
+impl ProcessIo {
+    /// Connects `stdio` to the process's agent streams and starts copying.
+    pub async fn attach(
+        agent: &AgentClient,
+        container: &str,
+        exec: Option<&str>,
+        stdio: &Stdio,
+    ) -> Result<Self, IoError> {
+        let mut io = Self::default();
+        let wanted = stdio.agent_config();
+        let open = |kind| {
+            let header = StreamHeader {
+                container_id: container.to_owned(),
+                exec_id: exec.map(str::to_owned),
+                kind,
+            };
+            async move {
+                agent
+                    .open_stream(&header)
+                    .await
+                    .map_err(|source| IoError::Attach {
+                        container: header.container_id.clone(),
+                        exec: header.exec_id.clone().unwrap_or_else(|| "init".into()),
+                        kind,
+                        source,
+                    })
+            }
+        };
+
+        let (mut stdout, mut stderr) = (None, None);
+        if let Some(binary) = stdio.stdout.strip_prefix("binary://") {
+            let (out, err, logger) = spawn_logger(binary, container)?;
+            stdout = Some(out);
+            stderr = Some(err);
+            io.logger = Some(logger);
+        } else {
+            if wanted.stdout {
+                stdout = Some(open_output(&stdio.stdout).await?);
+            }
+            if wanted.stderr {
+                stderr = Some(open_output(&stdio.stderr).await?);
+            }
+        }
+        if let (true, Some(mut to)) = (wanted.stdout, stdout) {
+            let mut from = open(StreamKind::Stdout).await?;
+            io.outputs.push(tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+                let _ = to.shutdown().await;
+            }));
+        }
+        if let (true, Some(mut to)) = (wanted.stderr, stderr) {
+            let mut from = open(StreamKind::Stderr).await?;
+            io.outputs.push(tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+                let _ = to.shutdown().await;
+            }));
+        }
+        if wanted.stdin {
+            let mut to = open(StreamKind::Stdin).await?;
+            let path = stdio.stdin.clone();
+            io.stdin = Some(tokio::spawn(async move {
+                match open_input(path.clone()).await {
+                    Ok(mut from) => {
+                        let _ = tokio::io::copy(&mut from, &mut to).await;
+                    }
+                    Err(e) => log::warn!("stdin {path}: {e}"),
+                }
+                // Dropping the stream is EOF for the process.
+                let _ = to.shutdown().await;
+            }));
+        }
+        Ok(io)
+    }
+
+    /// EOF on the process's stdin (CloseIO): the stream to the agent is dropped.
+    pub fn close_stdin(&mut self) {
+        if let Some(t) = self.stdin.take() {
+            t.abort();
+        }
+    }
+
+    /// Waits (at most `limit`) until every output copy has reached EOF, so all the
+    /// process's output is delivered before its exit is reported. Output still held open by
+    /// a daemonized child is cut off at the limit.
+    pub async fn drain(&mut self, limit: Duration) {
+        let outputs = std::mem::take(&mut self.outputs);
+        let aborts: Vec<_> = outputs.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(limit, futures_join(outputs))
+            .await
+            .is_err()
+        {
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        }
+        if let Some(logger) = self.logger.take() {
+            let _ = tokio::time::timeout(limit, logger).await;
+        }
+    }
+
+    /// Stops every copy now.
+    pub fn abort(&mut self) {
+        self.close_stdin();
+        self.outputs.drain(..).for_each(|t| t.abort());
+    }
+}
+
+async fn futures_join(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+/// Opens an output destination: `file://<path>` (appended) or a FIFO path.
+async fn open_output(target: &str) -> Result<Output, IoError> {
+    if let Some(path) = target.strip_prefix("file://") {
+        let path = PathBuf::from(path);
+        if let Some(dir) = path.parent() {
+            let _ = tokio::fs::create_dir_all(dir).await;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(|source| IoError::Open {
+                what: "log file",
+                path: path.display().to_string(),
+                source,
+            })?;
+        return Ok(Box::new(file));
+    }
+    let path = target.strip_prefix("fifo://").unwrap_or(target).to_owned();
+    let err = |source| IoError::Open {
+        what: "stdio fifo",
+        path: path.clone(),
+        source,
+    };
+    // Read-write: the open never blocks on a missing reader, and a reader that goes away
+    // (a detached `ctr run -d`) does not turn the process's writes into EPIPE.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(err)?;
+    if file.metadata().is_ok_and(|m| m.is_file()) {
+        return Ok(Box::new(tokio::fs::File::from_std(file)));
+    }
+    Ok(Box::new(pipe::Sender::from_file(file).map_err(err)?))
+}
+
+/// Opens stdin's FIFO for reading once containerd (or `ctr`) opened its writing end, so EOF
+/// means the writer closed it.
+async fn open_input(path: String) -> std::io::Result<pipe::Receiver> {
+    let path = path.strip_prefix("fifo://").unwrap_or(&path).to_owned();
+    // A blocking open waits for the writer; it runs on its own thread because the writer
+    // may never come (the thread then ends with the shim).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::File::open(&path));
+    });
+    let file = rx
+        .await
+        .map_err(|_| std::io::Error::other("stdin opener thread vanished"))??;
+    pipe::Receiver::from_file(file)
+}
+
+/// Starts containerd's logging binary (`binary:///path?key=value&…`): stdout on fd 3,
+/// stderr on fd 4, and fd 5 it closes once ready.
+fn spawn_logger(uri: &str, container: &str) -> Result<(Output, Output, JoinHandle<()>), IoError> {
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let err = |source| IoError::Logger {
+        path: path.to_owned(),
+        source,
+    };
+    let (out_r, out_w) = nix::unistd::pipe().map_err(|e| err(e.into()))?;
+    let (err_r, err_w) = nix::unistd::pipe().map_err(|e| err(e.into()))?;
+    let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| err(e.into()))?;
+    let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
+    let mut cmd = std::process::Command::new(path);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        cmd.arg(format!("-{k}"));
+        if !v.is_empty() {
+            cmd.arg(v);
+        }
+    }
+    cmd.env("CONTAINER_ID", container)
+        .env(
+            "CONTAINER_NAMESPACE",
+            std::env::var("NAMESPACE").unwrap_or_default(),
+        )
+        .stdin(std::process::Stdio::null());
+    // SAFETY: runs between fork and exec; dup2(2) is async-signal-safe and the fds are ours
+    // and open until after the spawn returns.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as libc::c_int) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(err)?;
+    drop((out_r, err_r, ready_w));
+    // Wait (bounded) for the binary to say it is ready by closing fd 5.
+    let mut ready = std::fs::File::from(ready_r);
+    let _ = nix::fcntl::fcntl(
+        &ready,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    );
+    let _ = std::io::Read::read(&mut ready, &mut [0u8; 1]);
+    let reaper = tokio::task::spawn_blocking(move || {
+        let _ = child.wait();
+    });
+    let sender = |fd: OwnedFd| -> Result<Output, IoError> {
+        Ok(Box::new(pipe::Sender::from_owned_fd(fd).map_err(&err)?))
+    };
+    Ok((sender(out_w)?, sender(err_w)?, reaper))
+}
