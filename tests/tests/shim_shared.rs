@@ -158,3 +158,313 @@ fn run_prints_output_and_returns_exit_codes() {
     );
     assert_nothing_left(&ctrd, &["hi", "fortytwo"]);
 }
+
+/// Runs `ctr <args>` under script(1), so ctr has a terminal to hand to `-t`.
+fn ctr_with_tty(ctrd: &Containerd, args: &[&str]) -> Output {
+    let mut cmd = format!(
+        "ctr --address {} --namespace {}",
+        ctrd.socket().display(),
+        ctrd.namespace()
+    );
+    for a in args {
+        cmd.push_str(" '");
+        cmd.push_str(a);
+        cmd.push('\'');
+    }
+    std::process::Command::new("timeout")
+        .args(["60", "script", "-qec", &cmd, "/dev/null"])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) (bsdutils) is installed")
+}
+
+fn task_status(ctrd: &Containerd, id: &str) -> String {
+    ctrd.ctr_ok(&["task", "ls"])
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn detached_task_ps_pause_resume_metrics_kill_delete() {
+    if !require(
+        "detached_task_ps_pause_resume_metrics_kill_delete",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-detached");
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &image,
+        "det",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(task_status(&ctrd, "det"), "RUNNING");
+
+    let ps = ctrd.ctr_ok(&["task", "ps", "det"]);
+    let pids: Vec<u32> = ps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 1, "{ps}");
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", pids[0])).unwrap();
+    assert_eq!(
+        comm.trim(),
+        "sleep",
+        "ctr task ps names the container's process"
+    );
+
+    ctrd.ctr_ok(&["task", "pause", "det"]);
+    assert_eq!(task_status(&ctrd, "det"), "PAUSED");
+    // Paused means frozen by the kernel, not only reported so.
+    let freezer = format!(
+        "/sys/fs/cgroup/freezer/{}/det/freezer.state",
+        ctrd.namespace()
+    );
+    if let Ok(state) = std::fs::read_to_string(&freezer) {
+        assert_eq!(state.trim(), "FROZEN", "{freezer}");
+    } else {
+        let events = format!("/sys/fs/cgroup/{}/det/cgroup.events", ctrd.namespace());
+        let events = std::fs::read_to_string(&events).expect("a freezer for the container");
+        assert!(events.contains("frozen 1"), "{events}");
+    }
+    ctrd.ctr_ok(&["task", "resume", "det"]);
+    assert_eq!(task_status(&ctrd, "det"), "RUNNING");
+
+    let metrics = ctrd.ctr_ok(&["task", "metrics", "--format", "json", "det"]);
+    let v: serde_json::Value = serde_json::from_str(&metrics).expect("metrics are JSON");
+    assert_eq!(v["pids"]["current"], 1, "{metrics}");
+    assert!(
+        v["memory"]["usage"]["usage"].as_u64().unwrap_or(0) > 0,
+        "{metrics}"
+    );
+
+    ctrd.ctr_ok(&["task", "kill", "-s", "KILL", "det"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while task_status(&ctrd, "det") != "STOPPED" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task did not stop after SIGKILL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ctrd.ctr_ok(&["task", "delete", "det"]);
+    ctrd.ctr_ok(&["container", "delete", "det"]);
+    assert_nothing_left(&ctrd, &["det"]);
+}
+
+#[test]
+fn run_killed_with_sigkill_exits_137() {
+    if !require("run_killed_with_sigkill_exits_137", &[Need::Root]) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-kill");
+    std::thread::scope(|s| {
+        let fg = s.spawn(|| run(&ctrd, &image, "victim", &[], &["sleep", "1000"]));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while task_status(&ctrd, "victim") != "RUNNING" {
+            assert!(std::time::Instant::now() < deadline, "victim never ran");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        ctrd.ctr_ok(&["task", "kill", "-s", "KILL", "victim"]);
+        let out = fg.join().unwrap();
+        assert_eq!(out.status.code(), Some(137), "{}", describe(&ctrd, &out));
+    });
+    assert_nothing_left(&ctrd, &["victim"]);
+}
+
+#[test]
+fn exec_with_and_without_tty_and_as_another_user() {
+    if !require(
+        "exec_with_and_without_tty_and_as_another_user",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-exec");
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &image,
+        "ex",
+        "sleep",
+        "1000",
+    ]);
+
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "plain",
+        "ex",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; [ -t 0 ] || echo no-tty; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&ctrd, &out));
+    assert_eq!(text(&out.stdout), "out\nno-tty\n");
+    assert_eq!(text(&out.stderr), "err\n");
+
+    let out = ctrd.ctr(&[
+        "task",
+        "exec",
+        "--user",
+        "1000",
+        "--exec-id",
+        "user",
+        "ex",
+        "id",
+        "-u",
+    ]);
+    assert!(out.status.success(), "{}", describe(&ctrd, &out));
+    assert_eq!(text(&out.stdout), "1000\n");
+
+    let out = ctr_with_tty(
+        &ctrd,
+        &[
+            "task",
+            "exec",
+            "-t",
+            "--exec-id",
+            "tty",
+            "ex",
+            "sh",
+            "-c",
+            "[ -t 0 ] && [ -t 1 ] && echo on-a-tty; exit 5",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&ctrd, &out));
+    assert!(
+        text(&out.stdout).contains("on-a-tty"),
+        "{}",
+        describe(&ctrd, &out)
+    );
+
+    ctrd.ctr_ok(&["task", "kill", "-s", "KILL", "ex"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ctrd.ctr_ok(&["task", "delete", "ex"]);
+    ctrd.ctr_ok(&["container", "delete", "ex"]);
+    assert_nothing_left(&ctrd, &["ex"]);
+}
+
+#[test]
+fn run_with_tty() {
+    if !require("run_with_tty", &[Need::Root]) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-run-tty");
+    let out = ctr_with_tty(
+        &ctrd,
+        &[
+            "run",
+            "--rm",
+            "-t",
+            "--runtime",
+            RUNTIME,
+            &image,
+            "tty",
+            "sh",
+            "-c",
+            "[ -t 0 ] && [ -t 1 ] && echo on-a-tty",
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&ctrd, &out));
+    assert!(
+        text(&out.stdout).contains("on-a-tty"),
+        "{}",
+        describe(&ctrd, &out)
+    );
+    assert_nothing_left(&ctrd, &["tty"]);
+}
+
+#[test]
+fn run_options_env_cwd_read_only_bind_mount_cpus() {
+    if !require(
+        "run_options_env_cwd_read_only_bind_mount_cpus",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-opts");
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), "from the host\n").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/host,options=rbind:ro",
+        host.path().display()
+    );
+    let out = run(
+        &ctrd,
+        &image,
+        "opts",
+        &[
+            "--env",
+            "FOO=bar",
+            "--cwd",
+            "/tmp",
+            "--read-only",
+            "--mount",
+            &mount,
+            "--cpus",
+            "0.5",
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo $FOO; pwd; cat /host/f; touch /x 2>/dev/null || echo ro-root; touch /host/y 2>/dev/null || echo ro-bind",
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&ctrd, &out));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        &lines[..5],
+        &["bar", "/tmp", "from the host", "ro-root", "ro-bind"],
+        "{stdout}"
+    );
+    assert!(!host.path().join("y").exists());
+
+    // --cpus is the container's CFS quota, seen from the host's cgroup tree.
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--cpus",
+        "0.5",
+        &image,
+        "cpus",
+        "sleep",
+        "1000",
+    ]);
+    let quota = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"]
+        .iter()
+        .find_map(|root| {
+            std::fs::read_to_string(format!("{root}/{}/cpus/cpu.cfs_quota_us", ctrd.namespace()))
+                .ok()
+        })
+        .expect("the container's cpu cgroup");
+    assert_eq!(quota.trim(), "50000");
+    ctrd.ctr_ok(&["task", "kill", "-s", "KILL", "cpus"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ctrd.ctr_ok(&["task", "delete", "cpus"]);
+    ctrd.ctr_ok(&["container", "delete", "cpus"]);
+    assert_nothing_left(&ctrd, &["opts", "cpus"]);
+}
