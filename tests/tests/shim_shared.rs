@@ -91,11 +91,23 @@ fn run(ctrd: &Containerd, image: &str, id: &str, extra: &[&str], args: &[&str]) 
     ctrd.ctr(&v)
 }
 
+/// The shim processes serving `ctrd` (not `ctr` clients, whose command lines name the
+/// socket too).
+fn shims_of(ctrd: &Containerd) -> Vec<u32> {
+    ward_tests::processes_matching(&ctrd.socket().to_string_lossy())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("containerd-shim"))
+        })
+        .collect()
+}
+
 /// Asserts nothing of the namespace is left: shims, agents, sandbox dirs, cgroups, mounts.
 fn assert_nothing_left(ctrd: &Containerd, ids: &[&str]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let shims = ward_tests::processes_matching(&ctrd.socket().to_string_lossy());
+        let shims = shims_of(ctrd);
         let agents: Vec<_> = ids
             .iter()
             .flat_map(|id| ward_tests::processes_matching(&format!("/run/ward/{id}/")))
@@ -467,4 +479,137 @@ fn run_options_env_cwd_read_only_bind_mount_cpus() {
     ctrd.ctr_ok(&["task", "delete", "cpus"]);
     ctrd.ctr_ok(&["container", "delete", "cpus"]);
     assert_nothing_left(&ctrd, &["opts", "cpus"]);
+}
+
+/// `ctr events` running in the background, its output in a file.
+struct Events {
+    child: std::process::Child,
+    out: tempfile::NamedTempFile,
+}
+
+impl Events {
+    fn watch(ctrd: &Containerd) -> Self {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let child = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(ctrd.socket())
+            .args(["--namespace", ctrd.namespace(), "events"])
+            .stdout(out.reopen().unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("ctr events");
+        // ctr subscribes asynchronously: give it a moment before anything happens.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Self { child, out }
+    }
+
+    /// Waits (up to 10 s) for a line with every one of `needles`; returns all lines so far.
+    fn wait_for(&self, needles: &[&str]) -> Result<String, String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let all = std::fs::read_to_string(self.out.path()).unwrap_or_default();
+            if all.lines().any(|l| needles.iter().all(|n| l.contains(n))) {
+                return Ok(all);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(all);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn memory_limit_oom_gives_task_oom_and_137() {
+    if !require("memory_limit_oom_gives_task_oom_and_137", &[Need::Root]) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-oom");
+    let events = Events::watch(&ctrd);
+    // tail buffers its input looking for a newline that /dev/zero never sends.
+    let out = run(
+        &ctrd,
+        &image,
+        "oom",
+        &["--memory-limit", "33554432"],
+        &["tail", "/dev/zero"],
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", describe(&ctrd, &out));
+    let all = events
+        .wait_for(&["/tasks/oom", "\"container_id\":\"oom\""])
+        .unwrap_or_else(|all| panic!("no TaskOOM for oom; events:\n{all}"));
+    let oom_at = all.find("/tasks/oom").unwrap();
+    let exit_at = all.find("/tasks/exit").expect("a TaskExit");
+    assert!(oom_at < exit_at, "TaskOOM comes before TaskExit:\n{all}");
+    assert_eq!(
+        all.matches("/tasks/oom").count(),
+        1,
+        "one OOM kill, one event:\n{all}"
+    );
+    assert_nothing_left(&ctrd, &["oom"]);
+}
+
+#[test]
+fn twenty_containers_in_a_loop_leave_nothing_behind() {
+    if !require(
+        "twenty_containers_in_a_loop_leave_nothing_behind",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-loop");
+    let ids: Vec<String> = (0..20).map(|i| format!("loop{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let out = run(&ctrd, &image, id, &[], &["sh", "-c", &format!("echo {i}")]);
+        assert!(out.status.success(), "{}", describe(&ctrd, &out));
+        assert_eq!(text(&out.stdout), format!("{i}\n"));
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_nothing_left(&ctrd, &refs);
+    assert_eq!(ctrd.ctr_ok(&["containers", "ls", "-q"]), "");
+}
+
+#[test]
+fn sigkilled_shim_is_cleaned_up_by_shim_delete() {
+    if !require("sigkilled_shim_is_cleaned_up_by_shim_delete", &[Need::Root]) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-crash");
+    let events = Events::watch(&ctrd);
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &image,
+        "crash",
+        "sleep",
+        "1000",
+    ]);
+    let shims = shims_of(&ctrd);
+    assert_eq!(shims.len(), 1, "one shim serves the task: {shims:?}");
+    let agents = ward_tests::processes_matching("/run/ward/crash/");
+    assert_eq!(agents.len(), 1, "one agent serves the sandbox: {agents:?}");
+    // SAFETY: kill(2) on the shim's pid, read from /proc just now.
+    unsafe { libc::kill(shims[0] as libc::pid_t, libc::SIGKILL) };
+
+    let all = events
+        .wait_for(&["/tasks/exit", "\"container_id\":\"crash\""])
+        .unwrap_or_else(|all| {
+            panic!(
+                "containerd reported no exit; events:\n{all}\n{}",
+                ctrd.log()
+            )
+        });
+    assert!(all.contains("\"exit_status\":137"), "{all}");
+    let _ = ctrd.ctr(&["task", "delete", "crash"]);
+    ctrd.ctr_ok(&["container", "delete", "crash"]);
+    assert_nothing_left(&ctrd, &["crash"]);
 }

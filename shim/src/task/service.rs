@@ -49,6 +49,9 @@ struct Inner {
     events: Events,
     sandbox: Mutex<Option<Arc<dyn Sandbox>>>,
     containers: Mutex<HashMap<String, Container>>,
+    /// OOM kills already reported per container (the agent's counter), so the agent's
+    /// event and the shim's own check at exit never report one kill twice.
+    oom_reported: Mutex<HashMap<String, u64>>,
     exit: Arc<ExitSignal>,
 }
 
@@ -112,6 +115,32 @@ fn no_deadline() -> ttrpc::context::Context {
     ttrpc::context::Context::default()
 }
 
+impl Inner {
+    /// Publishes TaskOOM for `id` if its cgroup counted an OOM kill not reported yet.
+    async fn report_oom(&self, sb: &dyn Sandbox, id: &str) {
+        let mut reported = self.oom_reported.lock().await;
+        let kills = match sb
+            .agent()
+            .rpc()
+            .stats_container(sb.agent().ctx(), &container_request(id))
+            .await
+        {
+            Ok(s) => s.oom_kills,
+            Err(e) => {
+                log::warn!("OOM count of {id}: {e}");
+                return;
+            }
+        };
+        let before = reported.get(id).copied().unwrap_or(0);
+        if kills > before {
+            reported.insert(id.to_owned(), kills);
+            let mut oom = TaskOOM::new();
+            oom.container_id = id.to_owned();
+            self.events.publish(oom).await;
+        }
+    }
+}
+
 impl TaskService {
     pub fn new(
         sandbox_id: &str,
@@ -125,6 +154,7 @@ impl TaskService {
                 events: Events::new(publisher, namespace),
                 sandbox: Mutex::new(None),
                 containers: Mutex::new(HashMap::new()),
+                oom_reported: Mutex::new(HashMap::new()),
                 exit,
             }),
         }
@@ -172,11 +202,7 @@ impl TaskService {
                     .get_oom_event(no_deadline(), &agent::GetOOMEventRequest::new())
                     .await
                 {
-                    Ok(ev) => {
-                        let mut oom = TaskOOM::new();
-                        oom.container_id = ev.container_id;
-                        inner.events.publish(oom).await;
-                    }
+                    Ok(ev) => inner.report_oom(&*sb, &ev.container_id).await,
                     Err(e) => {
                         if !sb.alive() {
                             return;
@@ -210,6 +236,11 @@ impl TaskService {
                     }
                 }
             };
+            // The agent polls OOM counters; a container killed faster than that would be
+            // deleted before its event. A SIGKILLed process is checked here, before its exit.
+            if exit.status == 128 + libc::SIGKILL as u32 {
+                inner.report_oom(&*sb, &id).await;
+            }
             let io = {
                 let mut containers = inner.containers.lock().await;
                 containers
@@ -542,6 +573,7 @@ impl Task for TaskService {
         }
         let _ = std::fs::remove_file(bundle.join(SANDBOX_FILE));
         let c = self.inner.containers.lock().await.remove(&req.id);
+        self.inner.oom_reported.lock().await.remove(&req.id);
         let Some(mut c) = c else {
             return Err(not_found(&req.id, ""));
         };
