@@ -613,3 +613,128 @@ fn sigkilled_shim_is_cleaned_up_by_shim_delete() {
     ctrd.ctr_ok(&["container", "delete", "crash"]);
     assert_nothing_left(&ctrd, &["crash"]);
 }
+
+#[test]
+fn containers_of_a_cri_sandbox_share_one_shim_and_agent() {
+    if !require(
+        "containers_of_a_cri_sandbox_share_one_shim_and_agent",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-group");
+    let pod = "io.kubernetes.cri.sandbox-id=pod";
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        pod,
+        &image,
+        "pod",
+        "sleep",
+        "1000",
+    ]);
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        pod,
+        &image,
+        "app",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(shims_of(&ctrd).len(), 1, "app joined pod's shim");
+    assert_eq!(
+        ward_tests::processes_matching("/run/ward/pod/").len(),
+        1,
+        "one agent for the pod"
+    );
+    assert!(!Path::new("/run/ward/app").exists());
+    let out = ctrd.ctr_ok(&["task", "exec", "--exec-id", "x", "app", "echo", "in-app"]);
+    assert_eq!(out, "in-app\n");
+
+    // The sandbox outlives its first container while another still runs.
+    for id in ["pod", "app"] {
+        ctrd.ctr_ok(&["task", "kill", "-s", "KILL", id]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while task_status(&ctrd, id) != "STOPPED" {
+            assert!(std::time::Instant::now() < deadline, "{id} did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        ctrd.ctr_ok(&["task", "delete", id]);
+        ctrd.ctr_ok(&["container", "delete", id]);
+        if id == "pod" {
+            assert_eq!(shims_of(&ctrd).len(), 1, "the shim serves app still");
+            assert_eq!(task_status(&ctrd, "app"), "RUNNING");
+        }
+    }
+    assert_nothing_left(&ctrd, &["pod", "app"]);
+}
+
+#[test]
+fn isolation_comes_from_the_config_file_and_the_annotation() {
+    if !require(
+        "isolation_comes_from_the_config_file_and_the_annotation",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-isolation");
+    let dir = tempfile::tempdir().unwrap();
+    let vm = dir.path().join("vm.toml");
+    std::fs::write(&vm, "isolation = \"vm\"\n").unwrap();
+    let vm = vm.to_string_lossy().into_owned();
+
+    // vm isolation does not exist yet: asking for it, by config or annotation, says so.
+    for (id, extra) in [
+        ("byconfig", vec!["--runtime-config-path", vm.as_str()]),
+        ("byannotation", vec!["--annotation", "io.ward.isolation=vm"]),
+    ] {
+        let out = run(&ctrd, &image, id, &extra, &["echo", "hi"]);
+        assert!(!out.status.success(), "{}", describe(&ctrd, &out));
+        assert!(
+            text(&out.stderr).contains("isolation \"vm\" is not available"),
+            "{}",
+            describe(&ctrd, &out)
+        );
+        let _ = ctrd.ctr(&["container", "delete", id]);
+    }
+    // The annotation overrides the config file.
+    let out = run(
+        &ctrd,
+        &image,
+        "overridden",
+        &[
+            "--runtime-config-path",
+            &vm,
+            "--annotation",
+            "io.ward.isolation=shared",
+        ],
+        &["echo", "shared"],
+    );
+    assert!(out.status.success(), "{}", describe(&ctrd, &out));
+    assert_eq!(text(&out.stdout), "shared\n");
+    // A config file that is not there is an error naming it.
+    let out = run(
+        &ctrd,
+        &image,
+        "missing",
+        &["--runtime-config-path", "/nonexistent/ward.toml"],
+        &["true"],
+    );
+    assert!(
+        text(&out.stderr).contains("/nonexistent/ward.toml"),
+        "{}",
+        describe(&ctrd, &out)
+    );
+    let _ = ctrd.ctr(&["container", "delete", "missing"]);
+    assert_nothing_left(
+        &ctrd,
+        &["byconfig", "byannotation", "overridden", "missing"],
+    );
+}
