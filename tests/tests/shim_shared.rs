@@ -738,3 +738,68 @@ fn isolation_comes_from_the_config_file_and_the_annotation() {
         &["byconfig", "byannotation", "overridden", "missing"],
     );
 }
+
+#[test]
+fn log_uris_file_and_binary_receive_the_output() {
+    if !require("log_uris_file_and_binary_receive_the_output", &[Need::Root]) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-logs");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+
+    let log = format!("file://{d}/task.log");
+    let out = run(
+        &ctrd,
+        &image,
+        "tofile",
+        &["--log-uri", &log],
+        &["sh", "-c", "echo one; echo two >&2"],
+    );
+    assert!(out.status.success(), "{}", describe(&ctrd, &out));
+    let logged = std::fs::read_to_string(dir.path().join("task.log")).unwrap();
+    assert!(
+        logged.contains("one\n") && logged.contains("two\n"),
+        "{logged:?}"
+    );
+
+    // containerd's logging binary protocol: stdout on fd 3, stderr on fd 4, fd 5 closed
+    // when ready, the URI's query as flags.
+    let logger = dir.path().join("logger.sh");
+    std::fs::write(
+        &logger,
+        format!(
+            "#!/bin/sh\nexec 5>&-\ncat <&3 > {d}/out &\ncat <&4 > {d}/err\nwait\necho \"$CONTAINER_ID $*\" > {d}/args\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}?level=debug", logger.display());
+    let out = run(
+        &ctrd,
+        &image,
+        "tobinary",
+        &["--log-uri", &uri],
+        &["sh", "-c", "echo three; echo four >&2"],
+    );
+    assert!(out.status.success(), "{}", describe(&ctrd, &out));
+    let read = |name: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Ok(s) = std::fs::read_to_string(dir.path().join(name)) {
+                if !s.is_empty() {
+                    return s;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "logger wrote no {name}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    assert_eq!(read("out"), "three\n");
+    assert_eq!(read("err"), "four\n");
+    assert_eq!(read("args"), "tobinary -level debug\n");
+    assert_nothing_left(&ctrd, &["tofile", "tobinary"]);
+}

@@ -243,9 +243,12 @@ fn spawn_logger(uri: &str, container: &str) -> Result<(Output, Output, JoinHandl
         path: path.to_owned(),
         source,
     };
-    let (out_r, out_w) = nix::unistd::pipe().map_err(|e| err(e.into()))?;
-    let (err_r, err_w) = nix::unistd::pipe().map_err(|e| err(e.into()))?;
-    let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| err(e.into()))?;
+    // Close-on-exec: the binary must hold only its fds 3-5, or it would never see EOF and
+    // we would never see it ready.
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err(e.into()));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
     let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
     let mut cmd = std::process::Command::new(path);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -266,7 +269,14 @@ fn spawn_logger(uri: &str, container: &str) -> Result<(Output, Output, JoinHandl
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
             for (i, fd) in fds.iter().enumerate() {
-                if libc::dup2(*fd, 3 + i as libc::c_int) < 0 {
+                let target = 3 + i as libc::c_int;
+                // dup2 onto itself would keep close-on-exec: clear it instead.
+                let ok = if *fd == target {
+                    libc::fcntl(target, libc::F_SETFD, 0) >= 0
+                } else {
+                    libc::dup2(*fd, target) >= 0
+                };
+                if !ok {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -275,13 +285,12 @@ fn spawn_logger(uri: &str, container: &str) -> Result<(Output, Output, JoinHandl
     }
     let mut child = cmd.spawn().map_err(err)?;
     drop((out_r, err_r, ready_w));
-    // Wait (bounded) for the binary to say it is ready by closing fd 5.
-    let mut ready = std::fs::File::from(ready_r);
-    let _ = nix::fcntl::fcntl(
-        &ready,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-    );
-    let _ = std::io::Read::read(&mut ready, &mut [0u8; 1]);
+    // The binary says it is ready by closing fd 5; its output is buffered in the pipes
+    // meanwhile, so nothing waits for that here (a blocking read would stall the shim).
+    std::thread::spawn(move || {
+        let mut ready = std::fs::File::from(ready_r);
+        let _ = std::io::Read::read(&mut ready, &mut [0u8; 1]);
+    });
     let reaper = tokio::task::spawn_blocking(move || {
         let _ = child.wait();
     });
