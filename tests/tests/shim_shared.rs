@@ -11,14 +11,19 @@ use ward_tests::{Containerd, Need, require};
 
 const RUNTIME: &str = "io.containerd.ward.v2";
 
-/// The cargo target dir holding this test build's binaries (`target/debug`).
+/// The directory holding `containerd-shim-ward-v2` and `ward-agent`: `$WARD_BIN_DIR`, else
+/// the cargo target dir of this test build (`target/debug`).
 fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf();
+    let dir = std::env::var_os("WARD_BIN_DIR").map_or_else(
+        || {
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>/deps/<test>")
+                .to_path_buf()
+        },
+        PathBuf::from,
+    );
     for bin in ["containerd-shim-ward-v2", "ward-agent"] {
         assert!(
             dir.join(bin).exists(),
@@ -802,4 +807,69 @@ fn log_uris_file_and_binary_receive_the_output() {
     assert_eq!(read("err"), "four\n");
     assert_eq!(read("args"), "tobinary -level debug\n");
     assert_nothing_left(&ctrd, &["tofile", "tobinary"]);
+}
+
+fn p50(mut v: Vec<std::time::Duration>) -> std::time::Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `ctr run --rm <image> true`, ward (shared) and runc side by side, 30 runs each, and the
+/// shim + agent RSS of one sandbox. Prints the numbers; asserts only that every run worked.
+#[test]
+fn bench_run_rm_true_ward_shared_vs_runc() {
+    if !require("bench_run_rm_true_ward_shared_vs_runc", &[Need::Root]) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-bench");
+    let runs = 30;
+    let (mut ward, mut runc) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        for (runtime, times) in [(RUNTIME, &mut ward), ("io.containerd.runc.v2", &mut runc)] {
+            let id = format!("b{i}-{}", if runtime == RUNTIME { "ward" } else { "runc" });
+            let started = std::time::Instant::now();
+            let out = ctrd.ctr(&["run", "--rm", "--runtime", runtime, &image, &id, "true"]);
+            times.push(started.elapsed());
+            assert!(out.status.success(), "{runtime}: {}", describe(&ctrd, &out));
+        }
+    }
+    let (ward, runc) = (p50(ward), p50(runc));
+
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &image,
+        "rss",
+        "sleep",
+        "1000",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let shim: u64 = shims_of(&ctrd).into_iter().map(rss_kib).sum();
+    let agent: u64 = ward_tests::processes_matching("/run/ward/rss/")
+        .into_iter()
+        .map(rss_kib)
+        .sum();
+    eprintln!(
+        "BENCH ctr run --rm true, p50 of {runs} (binaries in {}): ward(shared) {ward:?}, runc {runc:?}; \
+         per sandbox RSS: shim {shim} KiB + agent {agent} KiB = {} KiB",
+        bin_dir().display(),
+        shim + agent
+    );
+    assert!(shim > 0 && agent > 0);
+    ctrd.ctr_ok(&["task", "kill", "-s", "KILL", "rss"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ctrd.ctr_ok(&["task", "delete", "rss"]);
+    ctrd.ctr_ok(&["container", "delete", "rss"]);
+    assert_nothing_left(&ctrd, &["rss"]);
 }

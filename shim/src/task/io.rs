@@ -101,27 +101,28 @@ impl ProcessIo {
         let (mut stdout, mut stderr) = (None, None);
         if let Some(binary) = stdio.stdout.strip_prefix("binary://") {
             let (out, err, logger) = spawn_logger(binary, container)?;
-            stdout = Some(out);
-            stderr = Some(err);
+            stdout = Some(Dest::Ready(out));
+            stderr = Some(Dest::Ready(err));
             io.logger = Some(logger);
         } else {
             if wanted.stdout {
-                stdout = Some(open_output(&stdio.stdout).await?);
+                stdout = Some(Dest::open(&stdio.stdout).await?);
             }
             if wanted.stderr {
-                stderr = Some(open_output(&stdio.stderr).await?);
+                stderr = Some(Dest::open(&stdio.stderr).await?);
             }
         }
-        if let (true, Some(mut to)) = (wanted.stdout, stdout) {
-            let mut from = open(StreamKind::Stdout).await?;
+        for (kind, dest) in [(StreamKind::Stdout, stdout), (StreamKind::Stderr, stderr)] {
+            let Some(dest) = dest else { continue };
+            let mut from = open(kind).await?;
             io.outputs.push(tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut from, &mut to).await;
-                let _ = to.shutdown().await;
-            }));
-        }
-        if let (true, Some(mut to)) = (wanted.stderr, stderr) {
-            let mut from = open(StreamKind::Stderr).await?;
-            io.outputs.push(tokio::spawn(async move {
+                let (mut to, _keep_open) = match dest.ready().await {
+                    Ok(to) => to,
+                    Err(e) => {
+                        log::warn!("{e}");
+                        return;
+                    }
+                };
                 let _ = tokio::io::copy(&mut from, &mut to).await;
                 let _ = to.shutdown().await;
             }));
@@ -180,9 +181,22 @@ async fn futures_join(handles: Vec<JoinHandle<()>>) {
     }
 }
 
-/// Opens an output destination: `file://<path>` (appended) or a FIFO path.
-async fn open_output(target: &str) -> Result<Output, IoError> {
-    if let Some(path) = target.strip_prefix("file://") {
+/// Where a process's output goes.
+enum Dest {
+    /// A file or a logging binary's pipe, open already.
+    Ready(Output),
+    /// A FIFO, opened by the copy task once its reader is there.
+    Fifo(String),
+}
+
+impl Dest {
+    /// `file://<path>` (appended, opened now) or a FIFO path.
+    async fn open(target: &str) -> Result<Self, IoError> {
+        let Some(path) = target.strip_prefix("file://") else {
+            return Ok(Self::Fifo(
+                target.strip_prefix("fifo://").unwrap_or(target).to_owned(),
+            ));
+        };
         let path = PathBuf::from(path);
         if let Some(dir) = path.parent() {
             let _ = tokio::fs::create_dir_all(dir).await;
@@ -197,26 +211,46 @@ async fn open_output(target: &str) -> Result<Output, IoError> {
                 path: path.display().to_string(),
                 source,
             })?;
-        return Ok(Box::new(file));
+        Ok(Self::Ready(Box::new(file)))
     }
-    let path = target.strip_prefix("fifo://").unwrap_or(target).to_owned();
-    let err = |source| IoError::Open {
-        what: "stdio fifo",
-        path: path.clone(),
-        source,
-    };
-    // Read-write: the open never blocks on a missing reader, and a reader that goes away
-    // (a detached `ctr run -d`) does not turn the process's writes into EPIPE.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(err)?;
-    if file.metadata().is_ok_and(|m| m.is_file()) {
-        return Ok(Box::new(tokio::fs::File::from_std(file)));
+
+    /// The writer, and for a FIFO a read end of our own that keeps it open.
+    async fn ready(self) -> Result<(Output, Option<std::fs::File>), IoError> {
+        let path = match self {
+            Self::Ready(out) => return Ok((out, None)),
+            Self::Fifo(path) => path,
+        };
+        let err = |source| IoError::Open {
+            what: "stdio fifo",
+            path: path.clone(),
+            source,
+        };
+        // Write-only, blocking until containerd's (or ctr's) reader is there: data written
+        // into a FIFO nobody has open yet is dropped when the last writer closes. Then a read
+        // end of our own, as runc's shim does, so a reader that leaves (`ctr run -d`) does not
+        // turn the process's writes into EPIPE. Blocking opens run on their own thread.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .and_then(|w| {
+                    let keep = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NONBLOCK)
+                        .open(&p)?;
+                    Ok((w, keep))
+                });
+            let _ = tx.send(opened);
+        });
+        let (writer, keep) = rx
+            .await
+            .map_err(|_| err(std::io::Error::other("fifo opener thread vanished")))?
+            .map_err(err)?;
+        let sender = pipe::Sender::from_file(writer).map_err(err)?;
+        Ok((Box::new(sender), Some(keep)))
     }
-    Ok(Box::new(pipe::Sender::from_file(file).map_err(err)?))
 }
 
 /// Opens stdin's FIFO for reading once containerd (or `ctr`) opened its writing end, so EOF
