@@ -574,7 +574,12 @@ fn twenty_containers_in_a_loop_leave_nothing_behind() {
     for (i, id) in ids.iter().enumerate() {
         let out = run(&ctrd, &image, id, &[], &["sh", "-c", &format!("echo {i}")]);
         assert!(out.status.success(), "{}", describe(&ctrd, &out));
-        assert_eq!(text(&out.stdout), format!("{i}\n"));
+        assert_eq!(
+            text(&out.stdout),
+            format!("{i}\n"),
+            "{}",
+            describe(&ctrd, &out)
+        );
     }
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     assert_nothing_left(&ctrd, &refs);

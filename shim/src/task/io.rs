@@ -161,6 +161,7 @@ impl ProcessIo {
             .await
             .is_err()
         {
+            log::warn!("output still open {limit:?} after the process exited: cut off");
             aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
         if let Some(logger) = self.logger.take() {

@@ -4,7 +4,9 @@
 pub mod events;
 pub mod io;
 pub mod metrics;
+mod rpc;
 pub mod service;
 pub mod state;
+mod watch;
 
 pub use service::TaskService;

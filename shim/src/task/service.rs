@@ -4,14 +4,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim::TtrpcContext;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::well_known_types::empty::Empty;
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::shim::shim as api;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::types::task::ProcessInfo;
@@ -21,38 +19,36 @@ use ttrpc::Code;
 use ward_agent::protocol::agent;
 
 use super::events::{
-    Events, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
-    TaskResumed, TaskStart,
+    Events, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskPaused, TaskResumed,
+    TaskStart,
 };
 use super::io::{ProcessIo, Stdio};
 use super::metrics;
+use super::rpc::{agent_err, container_request, not_found, now, remove, status};
 use super::state::{Container, Exit, Process};
 use crate::config::Config;
 use crate::options;
 use crate::sandbox::{self, RootfsSource, Sandbox};
 
-/// How long a process's output may keep flowing after it exited (a daemonized child
-/// holding stdout) before its exit is reported anyway.
-const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// The bundle file naming the sandbox directory, for `shim delete` after a crash.
 pub const SANDBOX_FILE: &str = "ward-sandbox";
 
 /// containerd's task API for one sandbox.
 #[derive(Clone)]
 pub struct TaskService {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     /// The sandbox id: the id of the container that started this shim.
-    sandbox_id: String,
-    events: Events,
-    sandbox: Mutex<Option<Arc<dyn Sandbox>>>,
-    containers: Mutex<HashMap<String, Container>>,
+    pub(super) sandbox_id: String,
+    pub(super) events: Events,
+    pub(super) sandbox: Mutex<Option<Arc<dyn Sandbox>>>,
+    pub(super) containers: Mutex<HashMap<String, Container>>,
     /// OOM kills already reported per container (the agent's counter), so the agent's
     /// event and the shim's own check at exit never report one kill twice.
-    oom_reported: Mutex<HashMap<String, u64>>,
-    exit: Arc<ExitSignal>,
+    pub(super) oom_reported: Mutex<HashMap<String, u64>>,
+    pub(super) exit: Arc<ExitSignal>,
 }
 
 impl std::fmt::Debug for TaskService {
@@ -60,84 +56,6 @@ impl std::fmt::Debug for TaskService {
         f.debug_struct("TaskService")
             .field("sandbox_id", &self.inner.sandbox_id)
             .finish_non_exhaustive()
-    }
-}
-
-fn status(code: Code, msg: impl std::fmt::Display) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
-}
-
-/// Agent errors keep their code; anything else is internal.
-fn agent_err(what: &str, e: ttrpc::Error) -> ttrpc::Error {
-    match e {
-        ttrpc::Error::RpcStatus(s) => {
-            let code = s.code();
-            // containerd treats a signal to a finished process as "not found".
-            let code = if code == Code::FAILED_PRECONDITION && what.starts_with("kill") {
-                Code::NOT_FOUND
-            } else {
-                code
-            };
-            status(code, format!("{what}: {}", s.message()))
-        }
-        other => status(Code::INTERNAL, format!("{what}: {other}")),
-    }
-}
-
-fn not_found(id: &str, exec: &str) -> ttrpc::Error {
-    if exec.is_empty() {
-        status(Code::NOT_FOUND, format!("task {id} not found"))
-    } else {
-        status(
-            Code::NOT_FOUND,
-            format!("exec {exec} of task {id} not found"),
-        )
-    }
-}
-
-fn now() -> Timestamp {
-    nanos_to_timestamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64),
-    )
-}
-
-fn nanos_to_timestamp(nanos: i64) -> Timestamp {
-    let mut ts = Timestamp::new();
-    ts.seconds = nanos / 1_000_000_000;
-    ts.nanos = (nanos % 1_000_000_000) as i32;
-    ts
-}
-
-/// A context without deadline, for calls that block until something happens.
-fn no_deadline() -> ttrpc::context::Context {
-    ttrpc::context::Context::default()
-}
-
-impl Inner {
-    /// Publishes TaskOOM for `id` if its cgroup counted an OOM kill not reported yet.
-    async fn report_oom(&self, sb: &dyn Sandbox, id: &str) {
-        let mut reported = self.oom_reported.lock().await;
-        let kills = match sb
-            .agent()
-            .rpc()
-            .stats_container(sb.agent().ctx(), &container_request(id))
-            .await
-        {
-            Ok(s) => s.oom_kills,
-            Err(e) => {
-                log::warn!("OOM count of {id}: {e}");
-                return;
-            }
-        };
-        let before = reported.get(id).copied().unwrap_or(0);
-        if kills > before {
-            reported.insert(id.to_owned(), kills);
-            let mut oom = TaskOOM::new();
-            oom.container_id = id.to_owned();
-            self.events.publish(oom).await;
-        }
     }
 }
 
@@ -189,82 +107,6 @@ impl TaskService {
         self.watch_oom(sb.clone());
         *slot = Some(sb.clone());
         Ok(sb)
-    }
-
-    /// Turns the agent's OOM kills into TaskOOM events for as long as the agent lives.
-    fn watch_oom(&self, sb: Arc<dyn Sandbox>) {
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            loop {
-                match sb
-                    .agent()
-                    .rpc()
-                    .get_oom_event(no_deadline(), &agent::GetOOMEventRequest::new())
-                    .await
-                {
-                    Ok(ev) => inner.report_oom(&*sb, &ev.container_id).await,
-                    Err(e) => {
-                        if !sb.alive() {
-                            return;
-                        }
-                        log::debug!("GetOOMEvent: {e}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
-        });
-    }
-
-    /// Waits for a started process to exit, drains its output, records the exit and
-    /// publishes TaskExit.
-    fn watch_exit(&self, sb: Arc<dyn Sandbox>, id: String, exec: String, pid: u32) {
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let mut req = agent::ProcessRequest::new();
-            req.container_id.clone_from(&id);
-            req.exec_id.clone_from(&exec);
-            let exit = match sb.agent().rpc().wait_process(no_deadline(), &req).await {
-                Ok(r) => Exit {
-                    status: r.exit_status as u32,
-                    at: nanos_to_timestamp(r.exited_at_unix_nanos),
-                },
-                Err(e) => {
-                    log::warn!("waiting for {id}/{exec}: {e}");
-                    Exit {
-                        status: 255,
-                        at: now(),
-                    }
-                }
-            };
-            // The agent polls OOM counters; a container killed faster than that would be
-            // deleted before its event. A SIGKILLed process is checked here, before its exit.
-            if exit.status == 128 + libc::SIGKILL as u32 {
-                inner.report_oom(&*sb, &id).await;
-            }
-            let io = {
-                let mut containers = inner.containers.lock().await;
-                containers
-                    .get_mut(&id)
-                    .and_then(|c| c.process_mut(&exec))
-                    .and_then(|p| p.io.take())
-            };
-            if let Some(mut io) = io {
-                io.drain(DRAIN_LIMIT).await;
-            }
-            {
-                let containers = inner.containers.lock().await;
-                if let Some(p) = containers.get(&id).and_then(|c| c.process(&exec)) {
-                    p.exit.send_replace(Some(exit.clone()));
-                }
-            }
-            let mut ev = TaskExit::new();
-            ev.container_id.clone_from(&id);
-            ev.id = if exec.is_empty() { id } else { exec };
-            ev.pid = pid;
-            ev.exit_status = exit.status;
-            ev.exited_at = Some(exit.at).into();
-            inner.events.publish(ev).await;
-        });
     }
 
     async fn with_container<T>(
@@ -356,23 +198,6 @@ impl TaskService {
         );
         Ok(created.pid)
     }
-}
-
-async fn remove(sb: &dyn Sandbox, id: &str) {
-    let mut req = agent::RemoveContainerRequest::new();
-    req.container_id = id.to_owned();
-    req.timeout_ms = 0;
-    let mut ctx = sb.agent().ctx();
-    ctx.timeout_nano = Duration::from_secs(30).as_nanos() as i64;
-    if let Err(e) = sb.agent().rpc().remove_container(ctx, &req).await {
-        log::warn!("removing container {id}: {e}");
-    }
-}
-
-fn container_request(id: &str) -> agent::ContainerRequest {
-    let mut r = agent::ContainerRequest::new();
-    id.clone_into(&mut r.container_id);
-    r
 }
 
 #[async_trait]
