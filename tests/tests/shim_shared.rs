@@ -203,6 +203,27 @@ fn ctr_with_tty(ctrd: &Containerd, args: &[&str]) -> Output {
         .expect("script(1) (bsdutils) is installed")
 }
 
+/// Runs `ctr <args>` with `input` on its stdin (the task's stdin, through containerd's FIFO).
+fn ctr_with_stdin(ctrd: &Containerd, args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("timeout")
+        .arg("60")
+        .arg("ctr")
+        .arg("--address")
+        .arg(ctrd.socket())
+        .args(["--namespace", ctrd.namespace()])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctr");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
 fn task_status(ctrd: &Containerd, id: &str) -> String {
     ctrd.ctr_ok(&["task", "ls"])
         .lines()
@@ -339,6 +360,24 @@ fn exec_with_and_without_tty_and_as_another_user() {
     assert_eq!(out.status.code(), Some(3), "{}", describe(&ctrd, &out));
     assert_eq!(text(&out.stdout), "out\nno-tty\n");
     assert_eq!(text(&out.stderr), "err\n");
+
+    // stdin reaches the process and its EOF (ctr's CloseIO) ends it.
+    let out = ctr_with_stdin(
+        &ctrd,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "stdin",
+            "ex",
+            "sh",
+            "-c",
+            "cat; echo done",
+        ],
+        b"piped in\n",
+    );
+    assert!(out.status.success(), "{}", describe(&ctrd, &out));
+    assert_eq!(text(&out.stdout), "piped in\ndone\n");
 
     let out = ctrd.ctr(&[
         "task",
