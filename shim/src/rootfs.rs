@@ -65,3 +65,16 @@ pub fn unmount(bundle: &Path) -> Result<(), RootfsError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmounting_what_is_not_mounted_is_fine() {
+        let bundle = tempfile::tempdir().unwrap();
+        unmount(bundle.path()).unwrap();
+        std::fs::create_dir(rootfs_dir(bundle.path())).unwrap();
+        unmount(bundle.path()).unwrap();
+    }
+}

@@ -121,12 +121,14 @@ async fn start() -> anyhow::Result<()> {
     }
     let mut reply = Vec::new();
     std::fs::File::from(reader).read_to_end(&mut reply)?;
-    let address = serde_json::from_slice::<serde_json::Value>(&reply)
+    // Legacy protocol: JSON, answered with the bare address. Anything else (containerd
+    // 2.3's bootstrap protocol, protobuf) passes through untouched.
+    let answer = serde_json::from_slice::<serde_json::Value>(&reply)
         .ok()
-        .and_then(|v| v.get("address")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(&reply).into_owned());
+        .and_then(|v| v.get("address")?.as_str().map(|a| a.as_bytes().to_vec()))
+        .unwrap_or(reply);
     let mut stdout = std::io::stdout();
-    stdout.write_all(address.as_bytes())?;
+    stdout.write_all(&answer)?;
     stdout.flush()?;
     Ok(())
 }

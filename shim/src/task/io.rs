@@ -334,3 +334,62 @@ fn spawn_logger(uri: &str, container: &str) -> Result<(Output, Output, JoinHandl
     };
     Ok((sender(out_w)?, sender(err_w)?, reaper))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_wiring_follows_the_paths_containerd_gave() {
+        let stdio = Stdio {
+            stdin: String::new(),
+            stdout: "/run/x/out".into(),
+            stderr: "/run/x/err".into(),
+            terminal: false,
+        };
+        let c = stdio.agent_config();
+        assert!(!c.stdin && c.stdout && c.stderr && !c.terminal);
+        // A terminal carries stderr too: no stderr stream even when a path is given.
+        let c = Stdio {
+            terminal: true,
+            stdin: "/run/x/in".into(),
+            ..stdio
+        }
+        .agent_config();
+        assert!(c.stdin && c.stdout && !c.stderr && c.terminal);
+    }
+
+    #[tokio::test]
+    async fn file_uris_append_and_fifos_wait_for_their_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sub/task.log");
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::write(&log, "before\n").unwrap();
+        let Dest::Ready(mut out) = Dest::open(&format!("file://{}", log.display()))
+            .await
+            .unwrap()
+        else {
+            panic!("a file:// destination opens at once");
+        };
+        out.write_all(b"after\n").await.unwrap();
+        out.shutdown().await.unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "before\nafter\n");
+
+        let fifo = dir.path().join("out.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let dest = Dest::open(&fifo.display().to_string()).await.unwrap();
+        assert!(matches!(dest, Dest::Fifo(_)));
+        let writer = tokio::spawn(async move {
+            let (mut out, _keep) = dest.ready().await.unwrap();
+            out.write_all(b"through the fifo").await.unwrap();
+        });
+        // Written only once this reader exists: nothing is lost to a FIFO nobody had open.
+        let mut reader = pipe::OpenOptions::new().open_receiver(&fifo).unwrap();
+        writer.await.unwrap();
+        let mut got = vec![0u8; 16];
+        tokio::io::AsyncReadExt::read_exact(&mut reader, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(&got, b"through the fifo");
+    }
+}
