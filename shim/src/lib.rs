@@ -1,6 +1,7 @@
 //! ward's containerd shim (`containerd-shim-ward-v2`): the task service, sandbox grouping,
 //! and the isolation kinds behind the [`sandbox::Sandbox`] trait.
 
+pub mod cgroups;
 pub mod config;
 pub mod options;
 pub mod rootfs;

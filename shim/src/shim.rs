@@ -69,6 +69,13 @@ impl Shim for WardShim {
         if let Some(dir) = sandbox_dir_of_bundle(&bundle) {
             sandbox::cleanup_after_crash(&dir);
         }
+        // The agent removes its containers when the shim dies; if it died too (SIGKILL),
+        // what it left is swept here.
+        let spec = std::fs::read(bundle.join("config.json")).unwrap_or_default();
+        let left = crate::cgroups::kill_and_remove(&crate::cgroups::path_of(&spec, &self.id));
+        if !left.is_empty() {
+            log::warn!("shim delete {}: cgroups left: {left:?}", self.id);
+        }
         if let Err(e) = rootfs::unmount(&bundle) {
             log::warn!("shim delete {}: {e}", self.id);
         }

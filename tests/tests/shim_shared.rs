@@ -917,3 +917,55 @@ fn bench_run_rm_true_ward_shared_vs_runc() {
     ctrd.ctr_ok(&["container", "delete", "rss"]);
     assert_nothing_left(&ctrd, &["rss"]);
 }
+
+#[test]
+fn a_dead_agent_takes_its_containers_down_and_leaves_nothing() {
+    if !require(
+        "a_dead_agent_takes_its_containers_down_and_leaves_nothing",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-agent-dies");
+    let events = Events::watch(&ctrd);
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &image,
+        "orphan",
+        "sleep",
+        "1000",
+    ]);
+    let ps = ctrd.ctr_ok(&["task", "ps", "orphan"]);
+    let pid: u32 = ps
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .expect("the container's pid");
+    let agents = ward_tests::processes_matching("/run/ward/orphan/");
+    assert_eq!(agents.len(), 1);
+    // SAFETY: kill(2) on the agent's pid, read from /proc just now.
+    unsafe { libc::kill(agents[0] as libc::pid_t, libc::SIGKILL) };
+
+    events
+        .wait_for(&["/tasks/exit", "\"container_id\":\"orphan\""])
+        .unwrap_or_else(|all| panic!("no TaskExit after the agent died; events:\n{all}"));
+    // Gone, or a zombie waiting for whoever inherited it: not running any more.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = state
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .next();
+    assert!(
+        matches!(state, None | Some("Z" | "X")),
+        "the container's process outlived its agent: state {state:?}"
+    );
+    assert_eq!(task_status(&ctrd, "orphan"), "STOPPED");
+    ctrd.ctr_ok(&["task", "delete", "orphan"]);
+    ctrd.ctr_ok(&["container", "delete", "orphan"]);
+    assert_nothing_left(&ctrd, &["orphan"]);
+}

@@ -132,6 +132,7 @@ impl TaskService {
             )
         })?;
         let annotations = options::annotations(&spec_json);
+        let cgroup = crate::cgroups::path_of(&spec_json, &req.id);
         let config_path = req.options.as_ref().and_then(options::config_path);
         let config = Config::load(config_path.as_deref())
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
@@ -190,6 +191,7 @@ impl TaskService {
             Container {
                 id: req.id.clone(),
                 bundle,
+                cgroup,
                 sandbox: sb,
                 init,
                 execs: HashMap::new(),
@@ -392,7 +394,11 @@ impl Task for TaskService {
                 format!("task {} is still running", req.id),
             ));
         }
-        remove(&*sb, &req.id).await;
+        if sb.alive() {
+            remove(&*sb, &req.id).await;
+        } else {
+            sweep_cgroup(&self.inner, &req.id).await;
+        }
         if let Err(e) = sb.release_rootfs(&req.id, &bundle).await {
             log::warn!("{e}");
         }
@@ -687,6 +693,24 @@ impl Task for TaskService {
         }
         self.inner.exit.signal();
         Ok(Empty::new())
+    }
+}
+
+/// What a dead agent left of container `id`: its processes and cgroup.
+pub(super) async fn sweep_cgroup(inner: &Inner, id: &str) {
+    let path = inner
+        .containers
+        .lock()
+        .await
+        .get(id)
+        .map(|c| c.cgroup.clone());
+    if let Some(path) = path {
+        let left = tokio::task::spawn_blocking(move || crate::cgroups::kill_and_remove(&path))
+            .await
+            .unwrap_or_default();
+        if !left.is_empty() {
+            log::warn!("container {id}: cgroups left after the agent died: {left:?}");
+        }
     }
 }
 

@@ -67,6 +67,8 @@ impl Process {
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
+    /// The cgroup path the agent put the container in (swept by the shim if the agent dies).
+    pub cgroup: String,
     pub sandbox: Arc<dyn Sandbox>,
     pub init: Process,
     pub execs: HashMap<String, Process>,

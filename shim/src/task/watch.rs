@@ -82,6 +82,18 @@ impl TaskService {
                 },
                 Err(e) => {
                     log::warn!("waiting for {id}/{exec}: {e}");
+                    // The agent died: nothing will reap the container's processes or remove
+                    // its cgroup now but the shim.
+                    // The supervisor sees the exit a moment after the connection breaks.
+                    for _ in 0..50 {
+                        if !sb.alive() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if !sb.alive() && exec.is_empty() {
+                        super::service::sweep_cgroup(&inner, &id).await;
+                    }
                     Exit {
                         status: 255,
                         at: now(),
