@@ -186,17 +186,29 @@ async fn futures_join(handles: Vec<JoinHandle<()>>) {
 enum Dest {
     /// A file or a logging binary's pipe, open already.
     Ready(Output),
-    /// A FIFO, opened by the copy task once its reader is there.
-    Fifo(String),
+    /// A FIFO being opened (on its own thread) until its reader is there.
+    Fifo(String, FifoOpen),
 }
+
+type FifoOpen = tokio::sync::oneshot::Receiver<std::io::Result<(std::fs::File, std::fs::File)>>;
+
+/// How long creating a task waits for the reader of its output FIFOs. runc's shim waits
+/// for them too: containerd (or ctr) opens them before it asks, so this only runs out when
+/// the client is gone, and then the copy keeps waiting in the background.
+const FIFO_OPEN_WAIT: Duration = Duration::from_secs(10);
 
 impl Dest {
     /// `file://<path>` (appended, opened now) or a FIFO path.
     async fn open(target: &str) -> Result<Self, IoError> {
         let Some(path) = target.strip_prefix("file://") else {
-            return Ok(Self::Fifo(
-                target.strip_prefix("fifo://").unwrap_or(target).to_owned(),
-            ));
+            let path = target.strip_prefix("fifo://").unwrap_or(target).to_owned();
+            let mut opening = open_fifo_writer(path.clone());
+            // Opened before the task exists, as runc's shim does: containerd's reader is
+            // then open for sure before any output (or exit) can happen.
+            return match tokio::time::timeout(FIFO_OPEN_WAIT, &mut opening).await {
+                Ok(opened) => Ok(Self::Fifo(path, already(opened))),
+                Err(_) => Ok(Self::Fifo(path, opening)),
+            };
         };
         let path = PathBuf::from(path);
         if let Some(dir) = path.parent() {
@@ -217,34 +229,15 @@ impl Dest {
 
     /// The writer, and for a FIFO a read end of our own that keeps it open.
     async fn ready(self) -> Result<(Output, Option<std::fs::File>), IoError> {
-        let path = match self {
+        let (path, rx) = match self {
             Self::Ready(out) => return Ok((out, None)),
-            Self::Fifo(path) => path,
+            Self::Fifo(path, rx) => (path, rx),
         };
         let err = |source| IoError::Open {
             what: "stdio fifo",
             path: path.clone(),
             source,
         };
-        // Write-only, blocking until containerd's (or ctr's) reader is there: data written
-        // into a FIFO nobody has open yet is dropped when the last writer closes. Then a read
-        // end of our own, as runc's shim does, so a reader that leaves (`ctr run -d`) does not
-        // turn the process's writes into EPIPE. Blocking opens run on their own thread.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let p = path.clone();
-        std::thread::spawn(move || {
-            let opened = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&p)
-                .and_then(|w| {
-                    let keep = std::fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NONBLOCK)
-                        .open(&p)?;
-                    Ok((w, keep))
-                });
-            let _ = tx.send(opened);
-        });
         let (writer, keep) = rx
             .await
             .map_err(|_| err(std::io::Error::other("fifo opener thread vanished")))?
@@ -252,6 +245,41 @@ impl Dest {
         let sender = pipe::Sender::from_file(writer).map_err(err)?;
         Ok((Box::new(sender), Some(keep)))
     }
+}
+
+/// Opens a FIFO write-only, blocking until containerd's (or ctr's) reader is there: data
+/// written into a FIFO nobody has open yet is dropped when the last writer closes. Then a
+/// read end of our own, as runc's shim does, so a reader that leaves (`ctr run -d`) does not
+/// turn the process's writes into EPIPE. Blocking opens run on their own thread.
+fn open_fifo_writer(path: String) -> FifoOpen {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|w| {
+                let keep = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)?;
+                Ok((w, keep))
+            });
+        let _ = tx.send(opened);
+    });
+    rx
+}
+
+/// A finished open as a [`FifoOpen`].
+fn already(
+    opened: Result<
+        std::io::Result<(std::fs::File, std::fs::File)>,
+        tokio::sync::oneshot::error::RecvError,
+    >,
+) -> FifoOpen {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _ = tx
+        .send(opened.unwrap_or_else(|_| Err(std::io::Error::other("fifo opener thread vanished"))));
+    rx
 }
 
 /// Opens stdin's FIFO for reading once containerd (or `ctr`) opened its writing end, so EOF
@@ -377,15 +405,15 @@ mod tests {
 
         let fifo = dir.path().join("out.fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let dest = Dest::open(&fifo.display().to_string()).await.unwrap();
-        assert!(matches!(dest, Dest::Fifo(_)));
-        let writer = tokio::spawn(async move {
-            let (mut out, _keep) = dest.ready().await.unwrap();
-            out.write_all(b"through the fifo").await.unwrap();
-        });
-        // Written only once this reader exists: nothing is lost to a FIFO nobody had open.
+        let path = fifo.display().to_string();
+        let opening = tokio::spawn(async move { Dest::open(&path).await.unwrap() });
+        // The writer opens only once this reader exists: nothing is lost to a FIFO nobody
+        // had open.
         let mut reader = pipe::OpenOptions::new().open_receiver(&fifo).unwrap();
-        writer.await.unwrap();
+        let dest = opening.await.unwrap();
+        assert!(matches!(dest, Dest::Fifo(..)));
+        let (mut out, _keep) = dest.ready().await.unwrap();
+        out.write_all(b"through the fifo").await.unwrap();
         let mut got = vec![0u8; 16];
         tokio::io::AsyncReadExt::read_exact(&mut reader, &mut got)
             .await
