@@ -293,6 +293,15 @@ fn detached_task_ps_pause_resume_metrics_kill_delete() {
         "{metrics}"
     );
 
+    let out = ctrd.ctr(&["task", "checkpoint", "det"]);
+    assert!(!out.status.success(), "{}", describe(&ctrd, &out));
+    assert!(
+        text(&out.stderr).contains("not implemented"),
+        "{}",
+        describe(&ctrd, &out)
+    );
+    assert_eq!(task_status(&ctrd, "det"), "RUNNING");
+
     ctrd.ctr_ok(&["task", "kill", "-s", "KILL", "det"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while task_status(&ctrd, "det") != "STOPPED" {
