@@ -978,3 +978,66 @@ fn a_dead_agent_takes_its_containers_down_and_leaves_nothing() {
     ctrd.ctr_ok(&["container", "delete", "orphan"]);
     assert_nothing_left(&ctrd, &["orphan"]);
 }
+
+/// containerd's Update call (ctr 1.6 has no `task update`), made on the shim's own socket
+/// the way containerd makes it.
+#[test]
+fn update_changes_the_running_containers_limits() {
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::shim::shim::UpdateTaskRequest;
+    use containerd_shim_protos::shim::shim_ttrpc::TaskClient;
+
+    if !require(
+        "update_changes_the_running_containers_limits",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let (ctrd, image) = containerd("shim-update");
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &image,
+        "upd",
+        "sleep",
+        "1000",
+    ]);
+    let bundle = ctrd
+        .dir()
+        .join("state/io.containerd.runtime.v2.task")
+        .join(ctrd.namespace())
+        .join("upd");
+    let address = std::fs::read_to_string(bundle.join("address")).expect("the shim's address");
+    let client = TaskClient::new(ttrpc::Client::connect(address.trim()).expect("shim socket"));
+    let mut req = UpdateTaskRequest::new();
+    req.id = "upd".into();
+    let mut any = Any::new();
+    any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+    any.value = br#"{"memory":{"limit":67108864},"cpu":{"quota":25000,"period":100000}}"#.to_vec();
+    req.resources = Some(any).into();
+    client
+        .update(ttrpc::context::with_timeout(30_000_000_000), &req)
+        .expect("Update");
+
+    let read = |ctrl: &str, file: &str| {
+        std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/{ctrl}/{}/upd/{file}",
+            ctrd.namespace()
+        ))
+        .map(|s| s.trim().to_owned())
+    };
+    if let Ok(limit) = read("memory", "memory.limit_in_bytes") {
+        assert_eq!(limit, "67108864");
+        assert_eq!(read("cpu", "cpu.cfs_quota_us").unwrap(), "25000");
+    } else {
+        assert_eq!(read("", "memory.max").unwrap(), "67108864");
+    }
+    drop(client);
+    ctrd.ctr_ok(&["task", "kill", "-s", "KILL", "upd"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ctrd.ctr_ok(&["task", "delete", "upd"]);
+    ctrd.ctr_ok(&["container", "delete", "upd"]);
+    assert_nothing_left(&ctrd, &["upd"]);
+}
