@@ -1,1 +1,10 @@
-//! ward-shim: the containerd task service, the Sandbox kinds (vm, shared), and the `ward` CLI.
+//! ward's containerd shim (`containerd-shim-ward-v2`): the task service, sandbox grouping,
+//! and the isolation kinds behind the [`sandbox::Sandbox`] trait.
+
+pub mod cgroups;
+pub mod config;
+pub mod options;
+pub mod rootfs;
+pub mod sandbox;
+pub mod shim;
+pub mod task;
