@@ -477,3 +477,73 @@ async fn a_client_dying_mid_stream_leaves_the_agent_healthy() {
     .unwrap();
     assert!(again.healthy().await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_ends_pending_calls_removes_containers_and_exits() {
+    if !require_root("shutdown_ends_pending_calls_removes_containers_and_exits") {
+        return;
+    }
+    let mut agent = Agent::start("shutdown").await;
+    agent
+        .create("left", default_spec(&["sleep", "300"]), pipes(false))
+        .await
+        .unwrap();
+    agent.start_container("left").await;
+    let mut list = ContainerRequest::new();
+    list.container_id = "left".into();
+    let pids = agent
+        .client
+        .rpc()
+        .list_processes(agent.client.ctx(), &list)
+        .await
+        .unwrap()
+        .pids;
+    assert!(!pids.is_empty());
+    // A long poll in flight must not hold the agent up.
+    let pending = {
+        let client = agent.client.clone();
+        tokio::spawn(async move {
+            client
+                .rpc()
+                .get_oom_event(
+                    ttrpc::context::with_duration(Duration::from_secs(120)),
+                    &GetOOMEventRequest::new(),
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    agent
+        .client
+        .rpc()
+        .shutdown(
+            agent.client.ctx(),
+            &ward_agent::protocol::agent::ShutdownRequest::new(),
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent still running 10 s after Shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        code(&pending.await.unwrap().unwrap_err()),
+        Code::FAILED_PRECONDITION
+    );
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "container process {pid} survived"
+        );
+    }
+    assert!(!agent.dir.path().join("agent.sock").exists());
+    assert!(!agent.dir.path().join("agent.sock.streams").exists());
+}

@@ -89,6 +89,7 @@ pub async fn serve(listen: ListenAddress, opts: ServiceOptions) -> Result<(), Se
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+    service.close();
     service.remove_all().await;
     let _ = server.shutdown().await;
     for path in sockets {

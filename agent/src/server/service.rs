@@ -48,6 +48,9 @@ pub struct Service {
     opts: ServiceOptions,
     oom: broadcast::Sender<String>,
     pub shutdown: Arc<Notify>,
+    /// Set when the agent is going down: long-polling RPCs (GetOOMEvent) return at once,
+    /// so the ttrpc server can finish its in-flight calls and stop.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Service {
@@ -58,6 +61,7 @@ impl Service {
             opts,
             oom: broadcast::channel(64).0,
             shutdown: Arc::new(Notify::new()),
+            closing: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -89,6 +93,11 @@ impl Service {
                 }
             }
         });
+    }
+
+    /// Ends long-polling RPCs; called before the server stops.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Kills and deletes every container (agent shutdown).
@@ -607,19 +616,22 @@ impl AgentService for Service {
 
     async fn get_oom_event(&self, _: &TtrpcContext, _: GetOOMEventRequest) -> Rpc<OOMEvent> {
         let mut rx = self.oom.subscribe();
+        let mut closing = self.closing.subscribe();
         loop {
-            match rx.recv().await {
-                Ok(id) => {
-                    let mut r = OOMEvent::new();
-                    r.container_id = id;
-                    return Ok(r);
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => {
-                    return Err(RpcError::Precondition("agent is shutting down".into()).into());
-                }
+            tokio::select! {
+                got = rx.recv() => match got {
+                    Ok(id) => {
+                        let mut r = OOMEvent::new();
+                        r.container_id = id;
+                        return Ok(r);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = closing.wait_for(|c| *c) => break,
             }
         }
+        Err(RpcError::Precondition("agent is shutting down".into()).into())
     }
 
     async fn copy_file(&self, _: &TtrpcContext, req: CopyFileRequest) -> Rpc<Empty> {
