@@ -172,6 +172,27 @@ pub fn vsock_probe(dir: &Path) -> PathBuf {
     out
 }
 
+/// Runs ward-vmm where /dev/kvm does not exist (a private mount namespace with an empty
+/// /dev): a configuration error must be reported as itself, not as "opening /dev/kvm".
+pub fn vmm_without_kvm(args: &[&str]) -> (i32, String) {
+    let vmm = vmm_binary();
+    let out = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /dev && exec \"$0\" \"$@\"",
+        ])
+        .arg(&vmm)
+        .args(args)
+        .output()
+        .expect("running unshare");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A scratch directory under the workspace's `target/` (visible read-only in the nested
 /// harness's L1, unlike `/tmp`).
 pub fn scratch_dir(name: &str) -> PathBuf {
