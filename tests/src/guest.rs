@@ -144,30 +144,28 @@ pub fn vmm_binary() -> PathBuf {
     target.join("debug/ward-vmm")
 }
 
-/// `tests/src/bin/vsock-probe.rs` built as a static musl executable (it runs in the guest
-/// and, unchanged, on the VMM's side), at `dir/vsock-probe`. It uses only std, so rustc
-/// builds it alone in a second or two, without the test crate's dependencies.
+/// `tests/src/bin/vsock-probe.rs` built as a static executable (it runs in the guest and,
+/// unchanged, on the VMM's side), at `dir/vsock-probe`: against musl when that target is
+/// installed, otherwise glibc with `crt-static` (as `scripts/static-agent.sh` does). It
+/// uses only std, so rustc builds it alone in a second or two, without the test crate's
+/// dependencies.
 pub fn vsock_probe(dir: &Path) -> PathBuf {
     let src = crate::workspace_root().join("tests/src/bin/vsock-probe.rs");
     let out = dir.join("vsock-probe");
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let status = Command::new(rustc)
-        .args([
-            "--edition",
-            "2024",
-            "-O",
-            "--target",
-            "x86_64-unknown-linux-musl",
-        ])
-        .args(["-C", "target-feature=+crt-static", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("running rustc");
+    let build = |target: &str| {
+        Command::new(&rustc)
+            .args(["--edition", "2024", "-O", "--target", target])
+            .args(["-C", "target-feature=+crt-static", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("running rustc")
+            .success()
+    };
     assert!(
-        status.success(),
-        "building vsock-probe for x86_64-unknown-linux-musl failed \
-         (rustup target add x86_64-unknown-linux-musl)"
+        build("x86_64-unknown-linux-musl") || build("x86_64-unknown-linux-gnu"),
+        "building a static vsock-probe failed for both musl and glibc"
     );
     out
 }

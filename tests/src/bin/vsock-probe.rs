@@ -136,7 +136,10 @@ fn vsock_stream(fd: i32) -> Stream {
 fn fill(buf: &mut [u8], offset: u64, seed: u64) {
     for (k, b) in buf.iter_mut().enumerate() {
         let i = offset + k as u64;
-        let mut z = (i / 8) ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // splitmix64 of the word index; the added constant keeps word 0 of seed 0 from
+        // being all zeroes, which an unwritten disk would also read as.
+        let mut z = ((i / 8) ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
