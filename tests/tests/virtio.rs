@@ -301,6 +301,52 @@ fn virtio_config_errors_are_exit_2() {
     );
 }
 
+/// On any /dev/kvm (no guest runs): the configured devices take slots in order — drives,
+/// then vsock, then rng — and each is on the kernel command line.
+#[test]
+fn virtio_devices_take_slots_in_config_order() {
+    if !require("virtio_devices_take_slots_in_config_order", &[Need::Kvm]) {
+        return;
+    }
+    let dir = scratch_dir("virtio-slots");
+    let img = dir.join("a.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let mut config = ward_vmm::VmConfig::new(kernel_path(KernelKind::Guest));
+    config.cmdline = Some("console=ttyS0".into());
+    config.drives = vec![
+        ward_vmm::config::DriveConfig {
+            id: "a".into(),
+            path: Some(img.clone()),
+            ..Default::default()
+        },
+        ward_vmm::config::DriveConfig {
+            id: "empty".into(),
+            read_only: true,
+            ..Default::default()
+        },
+    ];
+    config.vsock = Some(ward_vmm::config::VsockConfig {
+        guest_cid: 3,
+        uds_path: dir.join("v.sock"),
+    });
+    config.rng = true;
+    let vmm = ward_vmm::Vmm::new(config).unwrap();
+    assert_eq!(
+        vmm.cmdline(),
+        "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
+         virtio_mmio.device=4K@0xd0002000:7 virtio_mmio.device=4K@0xd0003000:8"
+    );
+    let devices = vmm.handles().devices;
+    let ids: Vec<_> = devices.drives.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["a", "empty"]);
+    let info = devices.drive_info(devices.drive("a").unwrap());
+    assert_eq!((info.capacity_sectors, info.gsi), (8, 5));
+    // The vsock socket is bound as soon as the VM is built, so a host can connect early.
+    assert!(dir.join("v.sock").exists());
+    drop(vmm);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The benchmark guest: sequential and random O_DIRECT reads of `/dev/vda`, then (when the
 /// VMM has vsock) guest-initiated streams both ways.
 const BENCH_INIT: &str = r#"
