@@ -144,32 +144,51 @@ pub fn vmm_binary() -> PathBuf {
     target.join("debug/ward-vmm")
 }
 
-/// `tests/src/bin/vsock-probe.rs` built as a static musl executable (it runs in the guest
-/// and, unchanged, on the VMM's side), at `dir/vsock-probe`. It uses only std, so rustc
-/// builds it alone in a second or two, without the test crate's dependencies.
+/// `tests/src/bin/vsock-probe.rs` built as a static executable (it runs in the guest and,
+/// unchanged, on the VMM's side), at `dir/vsock-probe`: against musl when that target is
+/// installed, otherwise glibc with `crt-static` (as `scripts/static-agent.sh` does). It
+/// uses only std, so rustc builds it alone in a second or two, without the test crate's
+/// dependencies.
 pub fn vsock_probe(dir: &Path) -> PathBuf {
     let src = crate::workspace_root().join("tests/src/bin/vsock-probe.rs");
     let out = dir.join("vsock-probe");
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let status = Command::new(rustc)
-        .args([
-            "--edition",
-            "2024",
-            "-O",
-            "--target",
-            "x86_64-unknown-linux-musl",
-        ])
-        .args(["-C", "target-feature=+crt-static", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("running rustc");
+    let build = |target: &str| {
+        Command::new(&rustc)
+            .args(["--edition", "2024", "-O", "--target", target])
+            .args(["-C", "target-feature=+crt-static", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("running rustc")
+            .success()
+    };
     assert!(
-        status.success(),
-        "building vsock-probe for x86_64-unknown-linux-musl failed \
-         (rustup target add x86_64-unknown-linux-musl)"
+        build("x86_64-unknown-linux-musl") || build("x86_64-unknown-linux-gnu"),
+        "building a static vsock-probe failed for both musl and glibc"
     );
     out
+}
+
+/// Runs ward-vmm where /dev/kvm does not exist (a private mount namespace with an empty
+/// /dev): a configuration error must be reported as itself, not as "opening /dev/kvm".
+pub fn vmm_without_kvm(args: &[&str]) -> (i32, String) {
+    let vmm = vmm_binary();
+    let out = Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /dev && exec \"$0\" \"$@\"",
+        ])
+        .arg(&vmm)
+        .args(args)
+        .output()
+        .expect("running unshare");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A scratch directory under the workspace's `target/` (visible read-only in the nested

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use ward_nest::{KernelKind, Options, kernel_path};
-use ward_tests::guest::{build_initrd_with, scratch_dir, vmm_binary, vsock_probe};
+use ward_tests::guest::{build_initrd_with, scratch_dir, vmm_binary, vmm_without_kvm, vsock_probe};
+use ward_tests::{Need, require};
 
 /// Bytes each bulk vsock stream moves (each way): `WARD_VSOCK_MB`, 100 MB by default as
 /// issue 8 asks.
@@ -234,6 +235,116 @@ fn nest_virtio_devices_with_linux() {
     );
     assert!(dev["vsock"]["read_bytes"].as_u64().unwrap() >= 2 * n, "{m}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Device configuration errors are exit 2 and name the drive, path or value, before KVM is
+/// needed (run where /dev/kvm does not exist) — except opening a drive image or binding
+/// the vsock socket, which happen once the VM exists and are still exit 2.
+#[test]
+fn virtio_config_errors_are_exit_2() {
+    if !require("virtio_config_errors_are_exit_2", &[Need::Root]) {
+        return;
+    }
+    let kernel = kernel_path(KernelKind::Guest);
+    let k = kernel.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--kernel", k, "--drive", "id=a,path=/nonexistent/a.img"],
+            "drive /nonexistent/a.img: No such file or directory",
+        ),
+        (
+            &["--kernel", k, "--drive", "id=a", "--drive", "id=a"],
+            "drive id \"a\"",
+        ),
+        (
+            &["--kernel", k, "--drive", "id=a,rw"],
+            "cannot parse \"rw\"",
+        ),
+        (
+            &[
+                "--kernel",
+                k,
+                "--drive",
+                "id=a,serial=abcdefghijklmnopqrstuvwxyz",
+            ],
+            "drive a: serial \"abcdefghijklmnopqrstuvwxyz\" is longer than 20 bytes",
+        ),
+        (
+            &[
+                "--kernel",
+                k,
+                "--vsock-uds",
+                "/tmp/v.sock",
+                "--vsock-cid",
+                "2",
+            ],
+            "vsock guest_cid = 2",
+        ),
+        (
+            &["--kernel", k, "--vsock-uds", "/nonexistent/v.sock"],
+            "directory /nonexistent does not exist",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, stderr) = vmm_without_kvm(args);
+        assert_eq!(code, 2, "ward-vmm {args:?}: {stderr}");
+        assert!(stderr.contains(want), "ward-vmm {args:?}: {stderr}");
+    }
+    let many: Vec<String> = (0..17).map(|i| format!("--drive=id=d{i}")).collect();
+    let mut args = vec!["--kernel", k];
+    args.extend(many.iter().map(String::as_str));
+    let (code, stderr) = vmm_without_kvm(&args);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("17 drives: a microVM has at most 16"),
+        "{stderr}"
+    );
+}
+
+/// On any /dev/kvm (no guest runs): the configured devices take slots in order — drives,
+/// then vsock, then rng — and each is on the kernel command line.
+#[test]
+fn virtio_devices_take_slots_in_config_order() {
+    if !require("virtio_devices_take_slots_in_config_order", &[Need::Kvm]) {
+        return;
+    }
+    let dir = scratch_dir("virtio-slots");
+    let img = dir.join("a.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let mut config = ward_vmm::VmConfig::new(kernel_path(KernelKind::Guest));
+    config.cmdline = Some("console=ttyS0".into());
+    config.drives = vec![
+        ward_vmm::config::DriveConfig {
+            id: "a".into(),
+            path: Some(img.clone()),
+            ..Default::default()
+        },
+        ward_vmm::config::DriveConfig {
+            id: "empty".into(),
+            read_only: true,
+            ..Default::default()
+        },
+    ];
+    config.vsock = Some(ward_vmm::config::VsockConfig {
+        guest_cid: 3,
+        uds_path: dir.join("v.sock"),
+    });
+    config.rng = true;
+    let vmm = ward_vmm::Vmm::new(config).unwrap();
+    assert_eq!(
+        vmm.cmdline(),
+        "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 \
+         virtio_mmio.device=4K@0xd0002000:7 virtio_mmio.device=4K@0xd0003000:8"
+    );
+    let devices = vmm.handles().devices;
+    let ids: Vec<_> = devices.drives.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["a", "empty"]);
+    let info = devices.drive_info(devices.drive("a").unwrap());
+    assert_eq!((info.capacity_sectors, info.gsi), (8, 5));
+    // The vsock socket is bound as soon as the VM is built, so a host can connect early.
+    assert!(dir.join("v.sock").exists());
+    drop(vmm);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The benchmark guest: sequential and random O_DIRECT reads of `/dev/vda`, then (when the

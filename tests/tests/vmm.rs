@@ -9,33 +9,12 @@ use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use ward_nest::{KernelKind, Options, kernel_path};
-use ward_tests::guest::{build_initrd, scratch_dir, vmm_binary};
+use ward_tests::guest::{build_initrd, scratch_dir, vmm_binary, vmm_without_kvm};
 use ward_tests::{Need, require};
 use ward_vmm::devices::bus::BusDevice;
 use ward_vmm::metrics::Metrics;
 use ward_vmm::vstate::vcpu::{IoBuses, Vcpu, VcpuEvent};
 use ward_vmm::vstate::vm::{Irqchip, Vm};
-
-/// Runs ward-vmm where /dev/kvm does not exist (a private mount namespace with an empty
-/// /dev): a configuration error must be reported as itself, not as "opening /dev/kvm".
-fn vmm_without_kvm(args: &[&str]) -> (i32, String) {
-    let vmm = vmm_binary();
-    let out = Command::new("unshare")
-        .args([
-            "-m",
-            "sh",
-            "-c",
-            "mount -t tmpfs none /dev && exec \"$0\" \"$@\"",
-        ])
-        .arg(&vmm)
-        .args(args)
-        .output()
-        .expect("running unshare");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn vmm_config_errors_before_kvm() {

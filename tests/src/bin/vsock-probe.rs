@@ -5,7 +5,7 @@
 //!
 //! Protocol on every stream: the client sends one line, then
 //! - `PUT n\n`: the client sends n pattern bytes; the server answers `n checksum\n`.
-//!   Clients never half-close: the server counts bytes instead.
+//!   The client half-closes after sending (so do `ECHO` clients) and still reads.
 //! - `GET n\n`: the server sends n pattern bytes and closes.
 //! - `ECHO n\n`: the server echoes n bytes back.
 //!
@@ -136,7 +136,10 @@ fn vsock_stream(fd: i32) -> Stream {
 fn fill(buf: &mut [u8], offset: u64, seed: u64) {
     for (k, b) in buf.iter_mut().enumerate() {
         let i = offset + k as u64;
-        let mut z = (i / 8) ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // splitmix64 of the word index; the added constant keeps word 0 of seed 0 from
+        // being all zeroes, which an unwritten disk would also read as.
+        let mut z = ((i / 8) ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
@@ -331,9 +334,10 @@ fn client_one(t: &Target, op: &str, n: u64) -> Result<()> {
         .map_err(|e| e.to_string())?;
     match op {
         "PUT" => {
-            // No half-close here: the server knows the length, and ward-vmm (like
-            // Firecracker) turns a host-side shutdown(SHUT_WR) into a full close.
+            // Half-close, then wait for the answer: proves shutdown(SHUT_WR) carries over
+            // the vsock as a half-close in both directions.
             let sent = send_pattern(&mut s, n)?;
+            s.shutdown_write();
             let line = read_line(&mut s)?;
             let want = format!("{n} {sent:016x}");
             if line != want {
@@ -351,7 +355,11 @@ fn client_one(t: &Target, op: &str, n: u64) -> Result<()> {
         }
         "ECHO" => {
             let mut w = s.try_clone()?;
-            let writer = std::thread::spawn(move || send_pattern(&mut w, n));
+            let writer = std::thread::spawn(move || {
+                let r = send_pattern(&mut w, n);
+                w.shutdown_write();
+                r
+            });
             let (got, sum) = recv(&mut s, Some(n))?;
             let sent = writer.join().map_err(|_| "writer panicked")??;
             if (got, sum) != (n, sent) {

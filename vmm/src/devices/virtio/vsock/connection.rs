@@ -58,6 +58,11 @@ pub struct Connection {
     pub closed_at: Option<std::time::Instant>,
     /// EPOLLIN seen and not yet drained.
     readable: bool,
+    /// EPOLLHUP seen: the host closed its socket entirely (not just its write side).
+    host_hung_up: bool,
+    /// The host shut down its write side (`shutdown(SHUT_WR)`): SHUTDOWN(SEND) went to the
+    /// guest, which may still send until it closes or the host closes entirely.
+    host_shut_send: bool,
     peer_buf_alloc: u32,
     peer_fwd_cnt: Wrapping<u32>,
     /// Payload bytes sent to the guest.
@@ -90,6 +95,8 @@ impl Connection {
             in_rxq: false,
             closed_at: None,
             readable: false,
+            host_hung_up: false,
+            host_shut_send: false,
             peer_buf_alloc: 0,
             peer_fwd_cnt: Wrapping(0),
             rx_cnt: Wrapping(0),
@@ -144,7 +151,9 @@ impl Connection {
     }
 
     fn can_send_data(&self) -> bool {
-        self.state == ConnState::Established && self.peer_shutdown & SHUTDOWN_RCV == 0
+        self.state == ConnState::Established
+            && self.peer_shutdown & SHUTDOWN_RCV == 0
+            && !self.host_shut_send
     }
 
     /// Whether this connection has a packet for the guest right now.
@@ -165,6 +174,11 @@ impl Connection {
         }
         if !self.tx_buf.is_empty() && self.state != ConnState::Killed {
             e |= EventSet::OUT;
+        }
+        // After a host half-close only the full close is still news. EPOLLIN would fire
+        // forever on the shut read side, so ask for nothing but the hang-up.
+        if self.host_shut_send && !self.host_hung_up && self.state == ConnState::Established {
+            e |= EventSet::HANG_UP;
         }
         e
     }
@@ -190,9 +204,26 @@ impl Connection {
             // Hang-up is found by the read returning 0 (after any data still buffered).
             self.readable = true;
         }
+        if events.contains(EventSet::HANG_UP) {
+            self.host_hung_up = true;
+            if self.host_shut_send && self.state == ConnState::Established {
+                // Half-closed before, gone now: the guest must stop sending too.
+                self.close_locally();
+            }
+        }
         if events.contains(EventSet::OUT) {
             self.flush_tx();
         }
+    }
+
+    /// The host socket is gone: SHUTDOWN for both directions is owed to the guest, which
+    /// answers with RST (or is reset after a timeout by the backend).
+    fn close_locally(&mut self) {
+        self.readable = false;
+        self.state = ConnState::LocalClosed;
+        self.tx_buf.clear();
+        self.pending
+            .push_back((OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND));
     }
 
     /// Writes as much of `tx_buf` as the socket takes.
@@ -376,12 +407,18 @@ impl Connection {
         }
         loop {
             match self.stream.read(&mut buf[..max]) {
-                Ok(0) => {
+                Ok(0) if self.host_hung_up => {
                     // The host closed: tell the guest neither direction carries data any more.
+                    self.close_locally();
+                    let (op, flags) = self.pending.pop_back().expect("just queued");
+                    return Some((self.header(op, flags, 0), 0));
+                }
+                Ok(0) => {
+                    // The host only shut its write side (a Unix socket closed entirely also
+                    // reports EPOLLHUP, seen above): the guest reads EOF and may still send.
                     self.readable = false;
-                    self.state = ConnState::LocalClosed;
-                    self.tx_buf.clear();
-                    return Some((self.header(OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND, 0), 0));
+                    self.host_shut_send = true;
+                    return Some((self.header(OP_SHUTDOWN, SHUTDOWN_SEND, 0), 0));
                 }
                 Ok(n) => {
                     if n < max {
@@ -472,6 +509,32 @@ mod tests {
             &[],
         ));
         assert_eq!(c.peer_credit(), 100);
+    }
+
+    #[test]
+    fn host_half_close_lets_the_guest_answer() {
+        let (mut c, mut peer) = established();
+        peer.write_all(b"ask").unwrap();
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        c.notify(EventSet::IN | EventSet::READ_HANG_UP);
+        let mut buf = vec![0u8; 4096];
+        let (h, n) = c.recv_pkt(&mut buf, 4096).unwrap();
+        assert_eq!((h.op, &buf[..n]), (OP_RW, &b"ask"[..]));
+        c.readable = true;
+        let (h, _) = c.recv_pkt(&mut buf, 4096).unwrap();
+        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
+        assert_eq!(c.interest(), EventSet::HANG_UP);
+        c.send_pkt(&pkt(OP_RW, 4096, 0, b"answer"));
+        let mut got = [0u8; 6];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"answer");
+        // Then the host closes entirely: the guest is told both directions are shut.
+        drop(peer);
+        c.notify(EventSet::HANG_UP);
+        let (h, _) = c.recv_pkt(&mut buf, 4096).unwrap();
+        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND));
+        assert_eq!(c.state, ConnState::LocalClosed);
+        assert!(c.interest().is_empty());
     }
 
     #[test]
