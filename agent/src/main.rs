@@ -22,6 +22,12 @@ fn main() -> ExitCode {
     }
     let in_guest = std::process::id() == 1;
     ward_agent::logger::init(in_guest);
+    if in_guest {
+        if let Err(e) = ward_agent::guest::leave_initramfs() {
+            log::error!("{e}");
+            ward_agent::guest::power_off();
+        }
+    }
 
     let mut listen = ListenAddress::default();
     let mut state_dir = PathBuf::from("/run/ward/agent");
@@ -40,6 +46,12 @@ fn main() -> ExitCode {
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
+            }
+            // The kernel hands init every command-line word it does not know itself
+            // (`nomodule`, …): as PID 1, note them and go on rather than panic the guest.
+            other if in_guest => {
+                log::warn!("ignoring argument {other:?} from the kernel command line");
+                Ok(())
             }
             other => Err(format!("unknown argument {other:?}\n{USAGE}")),
         };

@@ -33,6 +33,69 @@ pub enum GuestError {
     NoDevice { serial: String, waited: Duration },
     #[error("bringing up the loopback interface: {0}")]
     Loopback(nix::Error),
+    #[error("leaving the initramfs: {what}: {source}")]
+    SwitchRoot {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// Set in the environment of the agent once it runs from the tmpfs root.
+const SWITCHED_ENV: &str = "WARD_ROOT_SWITCHED";
+const NEW_ROOT: &str = "/newroot";
+
+/// Moves PID 1 from the initramfs onto a tmpfs root, as `switch_root` does, and re-executes
+/// it there; returns at once in the re-executed agent.
+///
+/// Containers need `pivot_root`, which the kernel refuses while the root is the initramfs
+/// (`rootfs` is the one mount with no parent: EINVAL). On a tmpfs moved over `/` it works.
+pub fn leave_initramfs() -> Result<(), GuestError> {
+    use std::os::unix::process::CommandExt;
+
+    if std::env::var_os(SWITCHED_ENV).is_some() {
+        return Ok(());
+    }
+    let fail = |what: &str| {
+        let what = what.to_owned();
+        move |source: std::io::Error| GuestError::SwitchRoot { what, source }
+    };
+    let sys = |what: &str| {
+        let what = what.to_owned();
+        move |e: nix::Error| GuestError::SwitchRoot {
+            what,
+            source: std::io::Error::from(e),
+        }
+    };
+    std::fs::create_dir_all(NEW_ROOT).map_err(fail("creating /newroot"))?;
+    mount(
+        Some("root"),
+        NEW_ROOT,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(sys("mounting tmpfs on /newroot"))?;
+    let new = Path::new(NEW_ROOT);
+    std::fs::copy("/init", new.join("init")).map_err(fail("copying /init"))?;
+    for dir in ["dev", "proc", "sys", "run", "tmp", "mnt", "var"] {
+        std::fs::create_dir_all(new.join(dir))
+            .map_err(fail("creating the new root's directories"))?;
+    }
+    // The initramfs copy is no longer needed; the running image stays mapped.
+    let _ = std::fs::remove_file("/init");
+    std::env::set_current_dir(new).map_err(fail("chdir /newroot"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(sys("moving /newroot to /"))?;
+    nix::unistd::chroot(".").map_err(sys("chroot"))?;
+    std::env::set_current_dir("/").map_err(fail("chdir /"))?;
+    let err = std::process::Command::new("/init")
+        .args(std::env::args_os().skip(1))
+        .env(SWITCHED_ENV, "1")
+        .exec();
+    Err(GuestError::SwitchRoot {
+        what: "re-executing /init".into(),
+        source: err,
+    })
 }
 
 /// What a guest's PID 1 mounts, in order.
