@@ -88,17 +88,30 @@ fn cpu_quota_caps_a_busy_loop() {
     let mut c = Container::create(b.options(spec(s))).unwrap();
     c.start().unwrap();
     std::thread::sleep(Duration::from_millis(300)); // settle
-    let (t0, u0) = (Instant::now(), c.stats().unwrap().cpu_usage_ns);
-    std::thread::sleep(Duration::from_secs(2));
-    let stats = c.stats().unwrap();
-    let share = (stats.cpu_usage_ns - u0) as f64 / t0.elapsed().as_nanos() as f64;
-    eprintln!(
-        "cpu share at quota 0.2: {share:.3}, throttled periods {}",
-        stats.cpu_throttled_periods
+    // The quota must cap every window at 0.2 (+ tolerance). A window may see much less when
+    // nested-harness tests saturate both cores, so the loop only has to reach a real share
+    // in one of up to three windows: what proves it ran and that only the quota held it.
+    let mut best = 0.0f64;
+    let mut stats = c.stats().unwrap();
+    for _ in 0..3 {
+        let (t0, u0) = (Instant::now(), stats.cpu_usage_ns);
+        std::thread::sleep(Duration::from_secs(2));
+        stats = c.stats().unwrap();
+        let share = (stats.cpu_usage_ns - u0) as f64 / t0.elapsed().as_nanos() as f64;
+        eprintln!(
+            "cpu share at quota 0.2: {share:.3}, throttled periods {}",
+            stats.cpu_throttled_periods
+        );
+        assert!(share <= 0.25, "share {share} above the 0.2 quota");
+        best = best.max(share);
+        if best >= 0.15 {
+            break;
+        }
+    }
+    assert!(
+        best >= 0.10,
+        "the loop never got near its quota: best share {best}"
     );
-    // The quota caps the share at 0.2; the lower bound leaves room for a busy machine
-    // (2 cores shared with parallel tests and builds).
-    assert!((0.08..=0.25).contains(&share), "share {share}");
     assert!(stats.cpu_throttled_periods > 0);
     c.delete().unwrap();
     assert!(
