@@ -75,22 +75,50 @@ pub struct Entry {
 #[derive(Debug, Default)]
 pub struct Registry {
     containers: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Ids being created: held from before the container is built until it is inserted, so
+    /// two concurrent creates of one id cannot both build it.
+    creating: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Releases a reserved id when the create that held it ends, whatever the outcome.
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    registry: &'a Registry,
+    id: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.registry
+            .creating
+            .lock()
+            .expect("lock")
+            .remove(&self.id);
+    }
 }
 
 impl Registry {
-    pub fn insert(&self, entry: Entry) -> Result<Arc<Entry>, RpcError> {
-        let mut map = self.containers.lock().expect("lock");
-        if map.contains_key(&entry.id) {
-            return Err(RpcError::ContainerExists(entry.id));
+    /// Claims `id` for a create; ALREADY_EXISTS if a container has it or is being built.
+    pub fn reserve(&self, id: &str) -> Result<Reservation<'_>, RpcError> {
+        let map = self.containers.lock().expect("lock");
+        let mut creating = self.creating.lock().expect("lock");
+        if map.contains_key(id) || !creating.insert(id.to_owned()) {
+            return Err(RpcError::ContainerExists(id.to_owned()));
         }
-        let entry = Arc::new(entry);
-        map.insert(entry.id.clone(), Arc::clone(&entry));
-        Ok(entry)
+        Ok(Reservation {
+            registry: self,
+            id: id.to_owned(),
+        })
     }
 
-    /// Reserves `id` so two concurrent creates cannot both build it; returns false if taken.
-    pub fn contains(&self, id: &str) -> bool {
-        self.containers.lock().expect("lock").contains_key(id)
+    /// Inserts the entry a [`Reservation`] was held for.
+    pub fn insert(&self, entry: Entry, _reserved: &Reservation<'_>) -> Arc<Entry> {
+        let entry = Arc::new(entry);
+        self.containers
+            .lock()
+            .expect("lock")
+            .insert(entry.id.clone(), Arc::clone(&entry));
+        entry
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Entry>, RpcError> {
@@ -131,5 +159,22 @@ impl Registry {
                     exec: exec.to_owned(),
                 }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reserved_id_cannot_be_reserved_twice_until_released() {
+        let registry = Registry::default();
+        let first = registry.reserve("c1").unwrap();
+        assert!(matches!(
+            registry.reserve("c1"),
+            Err(RpcError::ContainerExists(_))
+        ));
+        drop(first);
+        assert!(registry.reserve("c1").is_ok());
     }
 }

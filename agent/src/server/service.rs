@@ -369,9 +369,7 @@ impl AgentService for Service {
     ) -> Rpc<CreateContainerResponse> {
         let id = req.container_id.clone();
         check_id("container id", &id)?;
-        if self.registry.contains(&id) {
-            return Err(RpcError::ContainerExists(id).into());
-        }
+        let reservation = self.registry.reserve(&id)?;
         let spec: Spec = serde_json::from_slice(&req.spec_json)
             .map_err(|e| RpcError::Invalid(format!("spec_json of container {id:?}: {e}")))?;
         for file in &req.files {
@@ -403,14 +401,18 @@ impl AgentService for Service {
             ))
         })?;
         let init = Arc::new(Proc::new(pid, ends));
-        let entry = self.registry.insert(Entry {
-            id: req.container_id.clone(),
-            sandbox_id: req.sandbox_id.clone(),
-            container: std::sync::Mutex::new(Some(container)),
-            init: Arc::clone(&init),
-            execs: std::sync::Mutex::new(std::collections::HashMap::new()),
-            scratch: Some(scratch),
-        })?;
+        let entry = self.registry.insert(
+            Entry {
+                id: req.container_id.clone(),
+                sandbox_id: req.sandbox_id.clone(),
+                container: std::sync::Mutex::new(Some(container)),
+                init: Arc::clone(&init),
+                execs: std::sync::Mutex::new(std::collections::HashMap::new()),
+                scratch: Some(scratch),
+            },
+            &reservation,
+        );
+        drop(reservation);
         self.watch_exit(Some(entry), init);
         let mut r = CreateContainerResponse::new();
         r.pid = pid as u32;
