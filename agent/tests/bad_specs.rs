@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Bundle, default_spec, leftovers, require_root, spec};
+use common::{Bundle, assert_nothing_left, default_spec, leftovers, require_root, spec};
 use serde_json::json;
 use ward_agent::container::{Container, CreateOptions, Rootfs};
 
@@ -30,7 +30,7 @@ fn missing_rootfs() {
         err.contains("rootfs") && err.contains("nope") && err.contains("does not exist"),
         "{err}"
     );
-    assert!(leftovers(&b.id, b.path()).is_empty());
+    assert_nothing_left(&b.id, b.path());
 }
 
 #[test]
@@ -49,7 +49,7 @@ fn unknown_namespace_type() {
         err.contains("config.json") && err.contains("bogus"),
         "{err}"
     );
-    assert!(leftovers(&b.id, b.path()).is_empty());
+    assert_nothing_left(&b.id, b.path());
 }
 
 #[test]
@@ -124,11 +124,7 @@ fn missing_binary_fails_at_start_and_delete_cleans_up() {
         "{err}"
     );
     c.delete().unwrap();
-    assert!(
-        leftovers(&b.id, b.path()).is_empty(),
-        "{:?}",
-        leftovers(&b.id, b.path())
-    );
+    assert_nothing_left(&b.id, b.path());
 }
 
 #[test]

@@ -114,11 +114,7 @@ fn cpu_quota_caps_a_busy_loop() {
     );
     assert!(stats.cpu_throttled_periods > 0);
     c.delete().unwrap();
-    assert!(
-        common::leftovers(&b.id, b.path()).is_empty(),
-        "{:?}",
-        common::leftovers(&b.id, b.path())
-    );
+    common::assert_nothing_left(&b.id, b.path());
 }
 
 #[test]
@@ -158,11 +154,7 @@ fn pause_stops_a_counter_and_resume_restarts_it() {
     );
     c.pause().unwrap();
     c.delete().unwrap(); // a paused container can be deleted
-    assert!(
-        common::leftovers(&b.id, b.path()).is_empty(),
-        "{:?}",
-        common::leftovers(&b.id, b.path())
-    );
+    common::assert_nothing_left(&b.id, b.path());
 }
 
 #[test]
@@ -185,11 +177,7 @@ fn update_changes_limits_of_a_running_container() {
     assert_eq!((after.pids_limit, after.memory_limit), (7, 64 << 20));
     assert_eq!(after.pids_current, 1);
     c.delete().unwrap();
-    assert!(
-        common::leftovers(&b.id, b.path()).is_empty(),
-        "{:?}",
-        common::leftovers(&b.id, b.path())
-    );
+    common::assert_nothing_left(&b.id, b.path());
 }
 
 #[test]

@@ -45,11 +45,7 @@ fn exec_with_another_user_and_env() {
     c.signal(Signal::SIGKILL, true).unwrap();
     assert_eq!(c.wait().unwrap().code, 137);
     c.delete().unwrap();
-    assert!(
-        common::leftovers(&b.id, b.path()).is_empty(),
-        "{:?}",
-        common::leftovers(&b.id, b.path())
-    );
+    common::assert_nothing_left(&b.id, b.path());
 }
 
 #[test]

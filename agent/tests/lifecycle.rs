@@ -20,11 +20,7 @@ fn exit_code_is_reported() {
     assert_eq!(out.status.code, 42, "{out:?}");
     assert_eq!(out.stdout, "hello\n");
     assert_eq!(out.stderr, "oops\n");
-    assert!(
-        common::leftovers(&b.id, b.path()).is_empty(),
-        "{:?}",
-        common::leftovers(&b.id, b.path())
-    );
+    common::assert_nothing_left(&b.id, b.path());
 }
 
 #[test]
@@ -42,11 +38,7 @@ fn sigkill_is_137_and_state_follows() {
     assert_eq!((st.code, st.signal, st.oom_killed), (137, Some(9), false));
     assert_eq!(c.state().status, Status::Stopped);
     c.delete().unwrap();
-    assert!(
-        common::leftovers(&b.id, b.path()).is_empty(),
-        "{:?}",
-        common::leftovers(&b.id, b.path())
-    );
+    common::assert_nothing_left(&b.id, b.path());
 }
 
 #[test]
@@ -175,11 +167,7 @@ fn hooks_get_the_state_on_stdin() {
         err.contains("Prestart hook /bin/sh") && err.contains("nope"),
         "{err}"
     );
-    assert!(
-        common::leftovers(&b.id, b.path()).is_empty(),
-        "{:?}",
-        common::leftovers(&b.id, b.path())
-    );
+    common::assert_nothing_left(&b.id, b.path());
 }
 
 /// The same tests on the guest's layout (cgroup v2), inside the nested harness.

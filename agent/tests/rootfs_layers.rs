@@ -66,11 +66,7 @@ fn overlay_copy_on_write_and_whiteouts() {
             && !scratch.join("work").exists()
             && !scratch.join("rootfs").exists()
     );
-    assert!(
-        common::leftovers(&b.id, b.path()).is_empty(),
-        "{:?}",
-        common::leftovers(&b.id, b.path())
-    );
+    common::assert_nothing_left(&b.id, b.path());
 }
 
 /// Detaches a loop device when dropped.
@@ -135,11 +131,7 @@ fn overlay_on_a_read_only_layer_device() {
         dev.0
     );
     assert!(!scratch.join("layers").exists());
-    assert!(
-        common::leftovers(&b.id, b.path()).is_empty(),
-        "{:?}",
-        common::leftovers(&b.id, b.path())
-    );
+    common::assert_nothing_left(&b.id, b.path());
 }
 
 /// The same tests on the guest's layout (cgroup v2), inside the nested harness.

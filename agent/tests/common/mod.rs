@@ -184,6 +184,13 @@ pub fn run(opts: CreateOptions) -> Outcome {
     }
 }
 
+/// Fails the test, naming each leftover, when [`leftovers`] finds any (one scan, so the
+/// message shows exactly what failed the check).
+pub fn assert_nothing_left(id: &str, bundle: &Path) {
+    let left = leftovers(id, bundle);
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Things a container may leave on the host, as readable strings; empty when clean.
 pub fn leftovers(id: &str, bundle: &Path) -> Vec<String> {
     let mut out = Vec::new();
