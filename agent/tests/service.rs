@@ -202,8 +202,23 @@ async fn two_containers_full_lifecycle_with_exec() {
     assert_eq!(String::from_utf8_lossy(&out), "exec sees hi\nward\n");
     assert_eq!(agent.wait("c1", "e1").await, 0);
 
-    // Kill both; the first line of each is there, and the exit is 128 + SIGKILL.
+    // Kill both once each has printed its line (on a loaded machine the exec above can
+    // finish before the container's own shell runs its echo); the whole output is that
+    // line, and the exit is 128 + SIGKILL.
     for id in ["c1", "c2"] {
+        let header = StreamHeader::new(id, None, StreamKind::Stdout).unwrap();
+        let mut stream = agent
+            .client
+            .open_stream(&header)
+            .await
+            .expect("open stream");
+        let mut out = Vec::new();
+        while !out.ends_with(b"\n") {
+            let mut buf = [0u8; 256];
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "stdout of {id} ended before its first line");
+            out.extend_from_slice(&buf[..n]);
+        }
         let mut sig = SignalProcessRequest::new();
         sig.container_id = id.into();
         sig.signal = 9;
@@ -213,7 +228,7 @@ async fn two_containers_full_lifecycle_with_exec() {
             .signal_process(agent.client.ctx(), &sig)
             .await
             .unwrap();
-        let out = agent.read_stream(id, None, StreamKind::Stdout).await;
+        stream.read_to_end(&mut out).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&out), format!("hello from {id}\n"));
         assert_eq!(agent.wait(id, "").await, 137);
         agent.remove(id).await;
