@@ -449,6 +449,33 @@ async fn unknown_ids_and_malformed_requests_keep_their_codes() {
     assert_eq!(code(&err), Code::ALREADY_EXISTS);
     agent.remove("dup").await;
 
+    // A command that cannot exec: Start says why, and the process counts as exited (127),
+    // so Wait answers and Remove does not wait for an exit the reaper never saw.
+    agent
+        .create("noexec", default_spec(&["/no/such/cmd"]), pipes(false))
+        .await
+        .unwrap();
+    let mut req = ContainerRequest::new();
+    req.container_id = "noexec".into();
+    let err = agent
+        .client
+        .rpc()
+        .start_container(agent.client.ctx(), &req)
+        .await
+        .unwrap_err();
+    assert!(message(&err).contains("/no/such/cmd"), "{err:?}");
+    let mut wait = ProcessRequest::new();
+    wait.container_id = "noexec".into();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(5),
+        agent.client.rpc().wait_process(agent.client.ctx(), &wait),
+    )
+    .await
+    .expect("Wait answers for a process that failed to exec")
+    .unwrap();
+    assert_eq!(waited.exit_status, 127);
+    agent.remove("noexec").await;
+
     assert!(agent.healthy().await);
     let health = agent
         .client

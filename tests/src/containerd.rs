@@ -304,6 +304,18 @@ impl Drop for Containerd {
         unmount_under(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
         let _ = fs::remove_dir_all(Path::new(RUNC_STATE).join(&self.namespace));
+        // Runtimes put containers in `<hierarchy>/<namespace>/<id>` and leave the (by now
+        // empty) namespace level; rmdir only removes it when empty.
+        let root = Path::new("/sys/fs/cgroup");
+        let hierarchies = fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .chain(std::iter::once(root.to_path_buf()));
+        for h in hierarchies {
+            let _ = fs::remove_dir(h.join(&self.namespace));
+        }
     }
 }
 

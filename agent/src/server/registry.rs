@@ -160,6 +160,24 @@ impl Registry {
                 }),
         }
     }
+
+    /// Forgets exec `exec` of `container` once it has exited.
+    pub fn remove_exec(&self, container: &str, exec: &str) -> Result<(), RpcError> {
+        let entry = self.get(container)?;
+        let mut execs = entry.execs.lock().expect("lock");
+        let not_found = || RpcError::ExecNotFound {
+            container: container.to_owned(),
+            exec: exec.to_owned(),
+        };
+        let proc = execs.get(exec).ok_or_else(not_found)?;
+        if proc.exit().is_none() {
+            return Err(RpcError::Precondition(format!(
+                "exec {exec:?} of container {container:?} is still running"
+            )));
+        }
+        execs.remove(exec);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -425,7 +425,19 @@ impl AgentService for Service {
         req: ContainerRequest,
     ) -> Rpc<StartContainerResponse> {
         let entry = self.registry.get(&req.container_id)?;
-        with_container(&entry, Container::start).await?;
+        if let Err(e) = with_container(&entry, Container::start).await {
+            // The process died trying to exec, and the library reaped it, perhaps before
+            // the reaper saw it: record the exit here, or a remove would wait for it forever.
+            if entry.init.exit().is_none() {
+                entry.init.exited(crate::reaper::Exit {
+                    pid: entry.init.pid,
+                    status: 127,
+                    signal: None,
+                    at: std::time::SystemTime::now(),
+                });
+            }
+            return Err(e.into());
+        }
         let mut r = StartContainerResponse::new();
         r.pid = entry.init.pid as u32;
         Ok(r)
@@ -515,6 +527,11 @@ impl AgentService for Service {
         self.registry
             .process(&req.container_id, Some(&req.exec_id))?
             .close_stdin();
+        Ok(Empty::new())
+    }
+
+    async fn remove_process(&self, _: &TtrpcContext, req: ProcessRequest) -> Rpc<Empty> {
+        self.registry.remove_exec(&req.container_id, &req.exec_id)?;
         Ok(Empty::new())
     }
 

@@ -367,9 +367,25 @@ impl Task for TaskService {
                             format!("exec {} of task {} is still running", req.exec_id, req.id),
                         ));
                     }
-                    Ok(c.execs.remove(&req.exec_id))
+                    Ok((c.execs.remove(&req.exec_id), c.sandbox.clone()))
                 })
                 .await?;
+            let (p, sb) = p;
+            // The agent forgets it too, so the id can be used again and long-lived
+            // containers (exec probes) do not accumulate exited execs.
+            let mut remove = agent::ProcessRequest::new();
+            remove.container_id.clone_from(&req.id);
+            remove.exec_id.clone_from(&req.exec_id);
+            if p.as_ref().is_some_and(|p| p.started) {
+                if let Err(e) = sb
+                    .agent()
+                    .rpc()
+                    .remove_process(sb.agent().ctx(), &remove)
+                    .await
+                {
+                    log::warn!("forgetting exec {} of {}: {e}", req.exec_id, req.id);
+                }
+            }
             let mut resp = api::DeleteResponse::new();
             if let Some(p) = p {
                 resp.pid = p.pid;

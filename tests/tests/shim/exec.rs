@@ -24,6 +24,8 @@ pub fn exec_with_and_without_tty_and_as_another_user(iso: Iso) {
     assert_eq!(out.status.code(), Some(3), "{}", describe(&ctrd, &out));
     assert_eq!(text(&out.stdout), "out\nno-tty\n");
     assert_eq!(text(&out.stderr), "err\n");
+    // ctr deleted that exec when it ended: its id can be used again.
+    assert_eq!(exec(&ctrd, "ex", "plain", &["echo", "again"]), "again\n");
 
     // stdin reaches the process and its EOF (ctr's CloseIO) ends it.
     let out = ctr_with_stdin(

@@ -13,8 +13,20 @@ use ward_tests::containerd::{Options, Runtime};
 use ward_tests::{Containerd, Need, require};
 
 pub const RUNTIME: &str = "io.containerd.ward.v2";
-/// A shell line printing the cgroup v2 file `name` of the calling process, as a container
-/// in a VM sees it, with or without a cgroup namespace.
+/// `ctr run` flags giving a container in a VM the guest's cgroup tree (read-only), which
+/// `ctr`'s default spec does not mount, so a test can read its limits from inside.
+pub fn cgroup_mount(iso: Iso) -> &'static [&'static str] {
+    match iso {
+        Iso::Shared => &[],
+        Iso::Vm => &[
+            "--mount",
+            "type=cgroup2,src=cgroup2,dst=/sys/fs/cgroup,options=ro",
+        ],
+    }
+}
+
+/// A shell line printing the cgroup v2 file `name` of the calling process, in a container
+/// run with [`cgroup_mount`].
 pub fn own_cgroup_file(name: &str) -> String {
     format!("cat \"/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/{name}\"")
 }

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use crate::harness::{
-    Iso, RUNTIME, assert_nothing_left, containerd, ctr_with_tty, describe, exec, kill_and_delete,
-    own_cgroup_file, run, run_detached, task_status, text, wait_status,
+    Iso, RUNTIME, assert_nothing_left, cgroup_mount, containerd, ctr_with_tty, describe, exec,
+    kill_and_delete, own_cgroup_file, run, run_detached, task_status, text, wait_status,
 };
 
 pub fn run_prints_output_and_returns_exit_codes(iso: Iso) {
@@ -51,7 +51,7 @@ pub fn container_sees_the_kernel_of_its_isolation(iso: Iso) {
 
 pub fn detached_task_ps_pause_resume_metrics_kill_delete(iso: Iso) {
     let (ctrd, image) = containerd(iso, "shim-detached");
-    run_detached(&ctrd, &image, "det", &[]);
+    run_detached(&ctrd, &image, "det", cgroup_mount(iso));
     assert_eq!(task_status(&ctrd, "det"), "RUNNING");
 
     let ps = ctrd.ctr_ok(&["task", "ps", "det"]);

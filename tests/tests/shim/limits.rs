@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::harness::{
-    Events, Iso, assert_nothing_left, containerd, describe, exec, kill_and_delete, own_cgroup_file,
-    run, run_detached, text,
+    Events, Iso, assert_nothing_left, cgroup_mount, containerd, describe, exec, kill_and_delete,
+    own_cgroup_file, run, run_detached, text,
 };
 
 /// A cgroup file of container `id`: from the host's tree in shared isolation, from inside
@@ -30,11 +30,16 @@ fn cgroup_value(
                 })
                 .expect("the container's cgroup on the host")
         }
-        Iso::Vm => exec(ctrd, id, "cg", &["sh", "-c", &own_cgroup_file(v2)])
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_owned(),
+        Iso::Vm => exec(
+            ctrd,
+            id,
+            &format!("cg-{v2}"),
+            &["sh", "-c", &own_cgroup_file(v2)],
+        )
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_owned(),
     }
 }
 
@@ -104,7 +109,9 @@ pub fn run_options_env_cwd_read_only_bind_mount_cpus(iso: Iso) {
     }
 
     // --cpus is the container's CFS quota.
-    run_detached(&ctrd, &image, "cpus", &["--cpus", "0.5"]);
+    let mut flags = vec!["--cpus", "0.5"];
+    flags.extend_from_slice(cgroup_mount(iso));
+    run_detached(&ctrd, &image, "cpus", &flags);
     let quota = cgroup_value(&ctrd, iso, "cpus", ("cpu", "cpu.cfs_quota_us"), "cpu.max");
     assert_eq!(quota, "50000");
     kill_and_delete(&ctrd, "cpus");
@@ -148,7 +155,7 @@ pub fn update_changes_the_running_containers_limits(iso: Iso) {
     use containerd_shim_protos::shim::shim_ttrpc::TaskClient;
 
     let (ctrd, image) = containerd(iso, "shim-update");
-    run_detached(&ctrd, &image, "upd", &[]);
+    run_detached(&ctrd, &image, "upd", cgroup_mount(iso));
     let bundle = ctrd
         .dir()
         .join("state/io.containerd.runtime.v2.task")

@@ -147,7 +147,12 @@ impl Vmm {
             }
         };
         let pid = child.id().unwrap_or_default();
-        std::fs::write(dir.join("vmm.pid"), pid.to_string())?;
+        if let Err(e) = std::fs::write(dir.join("vmm.pid"), pid.to_string()) {
+            // Without its pid file a crashed shim's VM could not be found again.
+            let _ = child.start_kill();
+            remove_cgroups(&cgroups);
+            return Err(e);
+        }
 
         let console = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(out) = child.stdout.take() {
