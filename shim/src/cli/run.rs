@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinHandle;
 
 use super::launch::{Launch, Running, launch, random_id, validate_id};
@@ -179,32 +179,55 @@ pub(super) async fn drain(outputs: Vec<JoinHandle<()>>) {
     }
 }
 
+/// The signals `ward run` and the supervisor forward to the container. Installed before
+/// the launch, so one that arrives meanwhile is held (not fatal: that would leave the
+/// sandbox behind) and forwarded once the container runs.
+pub(super) struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+    quit: Signal,
+    usr1: Signal,
+    winch: Signal,
+}
+
+impl Signals {
+    pub(super) fn install() -> Result<Self, CliError> {
+        let sig = |k: SignalKind| {
+            signal(k).map_err(|source| CliError::Io {
+                what: "installing signal handlers".into(),
+                source,
+            })
+        };
+        Ok(Self {
+            int: sig(SignalKind::interrupt())?,
+            term: sig(SignalKind::terminate())?,
+            hup: sig(SignalKind::hangup())?,
+            quit: sig(SignalKind::quit())?,
+            usr1: sig(SignalKind::user_defined1())?,
+            winch: sig(SignalKind::window_change())?,
+        })
+    }
+}
+
 /// Waits for the container, forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT to it (and
 /// SIGUSR1 as SIGKILL: `ward stop` after its grace), and SIGWINCH as a resize when `tty`.
-pub(super) async fn wait_forwarding(running: &Running, tty: bool) -> Result<i32, CliError> {
-    let sig = |k: SignalKind| {
-        signal(k).map_err(|source| CliError::Io {
-            what: "installing signal handlers".into(),
-            source,
-        })
-    };
-    let mut int = sig(SignalKind::interrupt())?;
-    let mut term = sig(SignalKind::terminate())?;
-    let mut hup = sig(SignalKind::hangup())?;
-    let mut quit = sig(SignalKind::quit())?;
-    let mut usr1 = sig(SignalKind::user_defined1())?;
-    let mut winch = sig(SignalKind::window_change())?;
+pub(super) async fn wait_forwarding(
+    running: &Running,
+    signals: &mut Signals,
+    tty: bool,
+) -> Result<i32, CliError> {
     let wait = running.wait();
     tokio::pin!(wait);
     loop {
         let forward = tokio::select! {
             r = &mut wait => return Ok(r?),
-            _ = int.recv() => libc::SIGINT,
-            _ = term.recv() => libc::SIGTERM,
-            _ = hup.recv() => libc::SIGHUP,
-            _ = quit.recv() => libc::SIGQUIT,
-            _ = usr1.recv() => libc::SIGKILL,
-            _ = winch.recv() => {
+            _ = signals.int.recv() => libc::SIGINT,
+            _ = signals.term.recv() => libc::SIGTERM,
+            _ = signals.hup.recv() => libc::SIGHUP,
+            _ = signals.quit.recv() => libc::SIGQUIT,
+            _ = signals.usr1.recv() => libc::SIGKILL,
+            _ = signals.winch.recv() => {
                 if let (true, Some((rows, cols))) = (tty, tty::size()) {
                     let _ = running.resize(rows, cols).await;
                 }
@@ -218,6 +241,7 @@ pub(super) async fn wait_forwarding(running: &Running, tty: bool) -> Result<i32,
 }
 
 async fn foreground(launch_spec: &Launch, config: &Config) -> Result<i32, CliError> {
+    let mut signals = Signals::install()?;
     let mut running = launch(launch_spec, config).await?;
     let raw = if launch_spec.tty {
         tty::RawMode::enter()
@@ -243,7 +267,7 @@ async fn foreground(launch_spec: &Launch, config: &Config) -> Result<i32, CliErr
             let _ = to.shutdown().await;
         });
     }
-    let code = wait_forwarding(&running, launch_spec.tty).await;
+    let code = wait_forwarding(&running, &mut signals, launch_spec.tty).await;
     drain(outputs).await;
     drop(raw);
     running.teardown().await;

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use super::run::{RunArgs, copy_out, drain, prepare, runtime, wait_forwarding};
+use super::run::{RunArgs, Signals, copy_out, drain, prepare, runtime, wait_forwarding};
 use super::state::{self, State, Status};
 use super::{CliError, launch};
 
@@ -31,6 +31,7 @@ pub fn supervise(dir: &Path) -> Result<i32, CliError> {
     };
     let rt = runtime()?;
     rt.block_on(async {
+        let mut signals = Signals::install()?;
         let mut running = match launch(&launch_spec, &config).await {
             Ok(r) => r,
             Err(e) => {
@@ -51,7 +52,7 @@ pub fn supervise(dir: &Path) -> Result<i32, CliError> {
         }
         // A detached container's stdin is closed at once (EOF), as docker's without -i.
         drop(running.take_stdin());
-        let code = wait_forwarding(&running, false).await;
+        let code = wait_forwarding(&running, &mut signals, false).await;
         drain(outputs).await;
         running.teardown().await;
         let code = match code {
