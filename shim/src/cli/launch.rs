@@ -159,19 +159,20 @@ pub fn random_id() -> String {
     })
 }
 
-/// Where layers are cached. TODO: the config's `cache_dir` once `Config` has it.
-fn cache_dir(_config: &Config) -> Option<PathBuf> {
-    None
+/// Where image layers are unpacked: the config's `[vm] cache_dir` (the cache of layer
+/// images too), else `$WARD_CACHE`.
+fn cache_dir(config: &Config) -> Option<PathBuf> {
+    config.vm.cache_dir.clone()
 }
 
-/// Starts the sandbox; the one place that picks how, so `start_for` is a one-line switch.
+/// Starts the sandbox, sized (a VM) for the container's spec, as the shim does.
 async fn start_sandbox(
     config: &Config,
     isolation: Isolation,
     id: &str,
-    _spec_json: &[u8],
+    spec_json: &[u8],
 ) -> Result<Arc<dyn Sandbox>, SandboxError> {
-    sandbox::start(config, isolation, id).await
+    sandbox::start_for(config, isolation, id, spec_json).await
 }
 
 /// A created and started container in its sandbox. Call [`Running::teardown`] when done:
@@ -181,7 +182,6 @@ pub struct Running {
     id: String,
     sandbox: Arc<dyn Sandbox>,
     bundle: PathBuf,
-    run_dir: PathBuf,
     pid: u32,
     command: Vec<String>,
     stdin: Option<Stream>,
@@ -213,7 +213,7 @@ pub async fn launch(l: &Launch, config: &Config) -> Result<Running, LaunchError>
         })?;
 
     let bundle = bundle_dir(config, &l.id);
-    for taken in [sandbox::host::sandbox_dir(config, &l.id), bundle.clone()] {
+    for taken in [sandbox::sandbox_dir(config, &l.id), bundle.clone()] {
         if taken.exists() {
             return Err(LaunchError::Exists {
                 id: l.id.clone(),
@@ -244,7 +244,6 @@ pub async fn launch(l: &Launch, config: &Config) -> Result<Running, LaunchError>
         id: l.id.clone(),
         sandbox: sb,
         bundle,
-        run_dir: config.run_dir.clone(),
         pid: 0,
         command: spec::command(&image, &l.args),
         stdin: None,
@@ -293,6 +292,9 @@ impl Running {
         spec_json: Vec<u8>,
     ) -> Result<(), LaunchError> {
         let sb = self.sandbox.clone();
+        // The shim's order: the spec adapted to where the agent runs (vm: files copied in),
+        // then the rootfs.
+        let (spec_json, files) = sb.prepare_spec(&self.id, spec_json).await?;
         let rootfs = sb
             .prepare_rootfs(
                 &self.id,
@@ -304,6 +306,7 @@ impl Running {
         create.container_id.clone_from(&self.id);
         create.sandbox_id = sb.id().to_owned();
         create.spec_json = spec_json;
+        create.files = files;
         match rootfs {
             RootfsSource::Prepared(s) => create.rootfs = Some(s).into(),
             RootfsSource::Layers(l) => create.layers = l,
@@ -400,23 +403,10 @@ impl Running {
         self.stdin.take()
     }
 
-    /// Host pids of everything the sandbox runs on the host: the agent or the VMM (from
-    /// the pid files in the sandbox dir) and all their descendants (in shared isolation the
-    /// container's processes).
+    /// Host pids of everything the sandbox runs on the host: the agent or the VMM and all
+    /// their descendants (in shared isolation, the container's processes).
     pub fn sandbox_pids(&self) -> Vec<u32> {
-        let dir = sandbox::host::sandbox_dir(
-            &Config {
-                run_dir: self.run_dir.clone(),
-                ..Config::default()
-            },
-            &self.id,
-        );
-        let roots: Vec<u32> = ["agent.pid", "vmm.pid"]
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
-            .filter_map(|s| s.trim().parse().ok())
-            .collect();
-        descendants(&roots)
+        descendants(&self.sandbox.host_pids())
     }
 
     /// Sends `signal` to the container's init process.

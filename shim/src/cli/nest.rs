@@ -4,9 +4,11 @@
 
 use std::io::Write;
 
+use std::path::Path;
+
 use super::CliError;
 use super::run::RunArgs;
-use crate::config::Config;
+use crate::config::DEFAULT_CONFIG_PATH;
 use crate::image::{self, ImageRef};
 
 /// Set inside the nested machine, so the inner `ward run` does not nest again.
@@ -49,8 +51,33 @@ fn argv(args: &RunArgs, image: &str) -> Vec<String> {
     v
 }
 
+/// Where the inner run keeps sandboxes and layer images: tmpfs in the nested machine (the
+/// host's / is read-only there).
+const INNER_RUN_DIR: &str = "/run/ward";
+const INNER_CACHE_DIR: &str = "/var/lib/ward-cache";
+
+/// The user's config (or none) with the run dir and the vm cache moved to the nested
+/// machine's tmpfs; everything else (kernel, sizing, binaries) stays as given.
+fn inner_config(path: Option<&Path>) -> Result<String, CliError> {
+    let path = path.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
+    let mut table: toml::Table = match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .parse()
+            .map_err(|e| CliError::Nest(format!("{}: {e}", path.display())))?,
+        Err(_) => toml::Table::new(),
+    };
+    table.insert("run_dir".into(), INNER_RUN_DIR.into());
+    let vm = table
+        .entry("vm")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(vm) = vm {
+        vm.insert("cache_dir".into(), INNER_CACHE_DIR.into());
+    }
+    toml::to_string(&table).map_err(|e| CliError::Nest(e.to_string()))
+}
+
 /// Runs `ward run args` inside the nested harness; returns the inner exit code.
-pub fn rerun(args: &RunArgs, config: &Config) -> Result<i32, CliError> {
+pub fn rerun(args: &RunArgs) -> Result<i32, CliError> {
     eprintln!("{NOTICE}");
     if args.detach || args.tty || args.interactive {
         return Err(CliError::Usage {
@@ -59,27 +86,42 @@ pub fn rerun(args: &RunArgs, config: &Config) -> Result<i32, CliError> {
             why: "not available with --isolation vm through the nested harness (it lives for one command, without a terminal)".into(),
         });
     }
-    // The host's / is read-only in the nested machine: load (and cache) the image here, so
-    // the inner run only reads. TODO: the config's cache_dir once `Config` has it.
-    let _ = config;
-    let loaded =
-        image::load(&ImageRef::parse(&args.image), None).map_err(|e| CliError::Launch(e.into()))?;
-    let exe = std::env::current_exe().map_err(|source| CliError::Io {
-        what: "finding the ward executable".into(),
-        source,
-    })?;
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| CliError::Io { what, source }
+    };
+    // The image's archive or layout as a host path the nested machine can read.
+    let image = match ImageRef::parse(&args.image) {
+        ImageRef::Demo => image::demo_image().map_err(|e| CliError::Launch(e.into()))?,
+        ImageRef::Path(p) => {
+            std::fs::canonicalize(&p).map_err(io(&format!("image {}", p.display())))?
+        }
+    };
+    let scratch =
+        ward_rootfs::cache::subdir(None, "nest-run").map_err(|e| CliError::Nest(e.to_string()))?;
+    let config = scratch.join(format!("ward-run-{}.toml", std::process::id()));
+    std::fs::write(&config, inner_config(args.config.as_deref())?)
+        .map_err(io(&format!("writing {}", config.display())))?;
+    let mut inner = args.clone();
+    inner.config = Some(config.clone());
+    let exe = std::env::current_exe().map_err(io("finding the ward executable"))?;
     let mut cmd = vec![exe.display().to_string()];
-    cmd.extend(argv(args, &loaded.path.display().to_string()));
+    cmd.extend(argv(&inner, &image.display().to_string()));
     let mut opts = ward_nest::Options {
         env: vec![(IN_NEST_ENV.into(), "1".into())],
         label: format!("ward-run-{}", std::process::id()),
         ..ward_nest::Options::default()
     };
-    // The config file may sit under a path the nested machine covers with a tmpfs.
-    if let Some(dir) = args.config.as_ref().and_then(|c| c.parent()) {
-        opts.visible.push(dir.to_owned());
-    }
-    let out = ward_nest::run(&cmd, &opts).map_err(|e| CliError::Nest(e.to_string()))?;
+    // Under a path the nested machine covers with a tmpfs, these would be hidden.
+    opts.visible.extend(
+        [image.parent(), Some(scratch.as_path())]
+            .into_iter()
+            .flatten()
+            .map(Path::to_owned),
+    );
+    let out = ward_nest::run(&cmd, &opts);
+    let _ = std::fs::remove_file(&config);
+    let out = out.map_err(|e| CliError::Nest(e.to_string()))?;
     let _ = std::io::stdout().write_all(&out.stdout);
     let _ = std::io::stderr().write_all(&out.stderr);
     Ok(out.status)
@@ -88,6 +130,25 @@ pub fn rerun(args: &RunArgs, config: &Config) -> Result<i32, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inner_config_moves_run_and_cache_dirs_and_keeps_the_rest() {
+        let t = tempfile::tempdir().unwrap();
+        let user = t.path().join("ward.toml");
+        std::fs::write(
+            &user,
+            "isolation = \"vm\"\nrun_dir = \"/srv/ward\"\n[vm]\ncpus = 2\n",
+        )
+        .unwrap();
+        let text = inner_config(Some(&user)).unwrap();
+        let c = crate::config::Config::parse(&text, &user).unwrap();
+        assert_eq!(c.run_dir, Path::new(INNER_RUN_DIR));
+        assert_eq!(c.vm.cache_dir.as_deref(), Some(Path::new(INNER_CACHE_DIR)));
+        assert_eq!(c.vm.cpus, 2);
+        assert_eq!(c.isolation, crate::config::Isolation::Vm);
+        let none = inner_config(Some(&t.path().join("missing.toml"))).unwrap();
+        assert!(crate::config::Config::parse(&none, &user).is_ok(), "{none}");
+    }
 
     #[test]
     fn the_inner_command_keeps_every_flag_and_the_resolved_image() {

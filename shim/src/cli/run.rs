@@ -120,7 +120,7 @@ pub fn prepare(args: &RunArgs) -> Result<(Config, Launch), CliError> {
 pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     let (config, launch) = prepare(args)?;
     if launch.isolation == Isolation::Vm && nest::needed() {
-        return nest::rerun(args, &config);
+        return nest::rerun(args);
     }
     if args.detach {
         return detach(args, &config, &launch);
