@@ -458,25 +458,43 @@ fn ward_help_lists_every_command() {
     assert!(!stdout(&out).contains("__supervise"));
 }
 
-/// Where this host's KVM cannot boot Linux, `--isolation vm` goes through the nested
-/// harness and says so; the VM sandbox itself is not on this branch yet, so the inner run
-/// reports the sandbox's error.
+/// vm isolation: a microVM per container. Where this host's KVM cannot boot Linux, `ward
+/// run` goes through the nested harness and says so on its first stderr line.
 #[test]
-fn nest_ward_run_vm_says_it_uses_the_nested_harness() {
+fn nest_ward_run_vm_demo_echo_hi_prints_hi_and_exits_0() {
     if !require(
-        "nest_ward_run_vm_says_it_uses_the_nested_harness",
-        &[Need::Root],
+        "nest_ward_run_vm_demo_echo_hi_prints_hi_and_exits_0",
+        &[Need::Root, Need::Kvm],
     ) {
         return;
     }
-    if !Path::new("/sys/module/kvm_pvm").exists() {
-        eprintln!(
-            "SKIP nest_ward_run_vm_says_it_uses_the_nested_harness: the host KVM boots Linux directly"
-        );
-        return;
-    }
-    // The caller's cache (where the nest kernel is) and the default config: the nested
-    // machine sees the host's / read-only, with tmpfs on /run and /tmp.
+    // Bad input fails before any VM (or nested machine) starts.
+    let bad = Command::new(ward())
+        .args([
+            "run",
+            "--isolation",
+            "vm",
+            "--memory",
+            "0",
+            "demo",
+            "--",
+            "true",
+        ])
+        .output()
+        .expect("running ward");
+    assert_eq!(code(&bad), 125);
+    assert_eq!(
+        stderr(&bad).trim(),
+        "ward: memory limit (--memory) \"0\": must be more than 0"
+    );
+
+    // The guest's /init: the static agent, found in the build tree as the shim finds it.
+    let agent = Command::new(workspace_root().join("scripts/static-agent.sh"))
+        .output()
+        .expect("running scripts/static-agent.sh");
+    assert!(agent.status.success(), "static agent: {}", stderr(&agent));
+    // The caller's cache (kernels) and the default config: the nested machine sees the
+    // host's / read-only, with tmpfs on /run and /var/lib.
     let name = format!("vm-{}", std::process::id());
     let out = Command::new(ward())
         .args([
@@ -493,22 +511,17 @@ fn nest_ward_run_vm_says_it_uses_the_nested_harness() {
         .output()
         .expect("running ward");
     let err = stderr(&out);
-    assert!(
-        err.lines()
-            .next()
-            .is_some_and(|l| l.contains("this host's KVM cannot boot Linux (PVM)")),
-        "{err}"
-    );
-    if code(&out) == 0 {
-        assert_eq!(stdout(&out), "hi\n");
-    } else {
-        // Until VmSandbox lands: the sandbox's own error, from inside the nested machine.
-        assert_eq!(code(&out), 125, "{err}");
-        assert!(
-            err.lines().nth(1).is_some_and(|l| l.starts_with("ward: ")),
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        assert_eq!(
+            err.lines().next(),
+            Some(
+                "ward: this host's KVM cannot boot Linux (PVM); running the VM inside the nested harness (times are emulated)"
+            ),
             "{err}"
         );
     }
+    assert_eq!(code(&out), 0, "{err}");
+    assert_eq!(stdout(&out), "hi\n");
     assert!(!Path::new("/run/ward").join(&name).exists());
     assert!(!Path::new("/run/ward/bundles").join(&name).exists());
 }
