@@ -235,15 +235,18 @@ fn probe_in_a_runc_container_sees_less_than_on_the_host() {
     let built = demo::build(workload(), Some(tmp.path().join("demo.oci.tar"))).unwrap();
     let ctrd = Containerd::start("workload-runc", &Options::default()).unwrap();
     ctrd.import(&built.path);
-    let in_runc = |id: &str, extra: &[&str], cmd: &[&str]| {
+    let ctr_run = |id: &str, extra: &[&str], cmd: &[&str]| {
         let mut args = vec!["run", "--rm", "--runtime", RUNC];
         args.extend_from_slice(extra);
         args.extend_from_slice(&[&built.reference, id, demo::WORKLOAD_IN_IMAGE]);
         args.extend_from_slice(cmd);
-        let out = ctrd.ctr(&args);
+        ctrd.ctr(&args)
+    };
+    let in_runc = |id: &str, extra: &[&str], cmd: &[&str]| {
+        let out = ctr_run(id, extra, cmd);
         assert!(
             out.status.success(),
-            "ctr {args:?}: {out:?}\n{}",
+            "ctr run {id} {cmd:?}: {out:?}\n{}",
             ctrd.log()
         );
         one_json_line(&out.stdout, &format!("runc {id} {cmd:?}"))
@@ -283,5 +286,86 @@ fn probe_in_a_runc_container_sees_less_than_on_the_host() {
     assert!((1.0..100_000.0).contains(&num(&v, "ns_per_call")), "{v}");
     let v = in_runc("fsync", &[], &["fsync", "--mib", "2", "--dir", "/var/tmp"]);
     assert!(num(&v, "mib_per_sec") > 0.0, "{v}");
+
+    // memhog inside a memory limit reports; beyond it (no swap here) the kernel OOM-kills
+    // it, and only it: ctr sees the SIGKILL.
+    let v = in_runc(
+        "memhog-fits",
+        &["--memory-limit", "67108864"],
+        &["memhog", "--mib", "16", "--seconds", "1"],
+    );
+    assert!(num(&v, "touched_mib") >= 16.0, "{v}");
+    let swap = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    if swap
+        .lines()
+        .any(|l| l.starts_with("SwapTotal:") && l.ends_with(" 0 kB"))
+    {
+        let out = ctr_run(
+            "memhog-oom",
+            &["--memory-limit", "33554432"],
+            &["memhog", "--mib", "64", "--seconds", "2"],
+        );
+        assert_eq!(out.status.code(), Some(137), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+    }
     assert_eq!(ctrd.ctr_ok(&["containers", "ls", "-q"]), "");
+}
+
+/// A pids cgroup for one test (v1 `pids` hierarchy, or the v2 tree when it offers `pids`),
+/// removed on drop.
+struct PidsCgroup(PathBuf);
+
+impl PidsCgroup {
+    fn new(name: &str, max: u32) -> Option<Self> {
+        let v1 = Path::new("/sys/fs/cgroup/pids");
+        let v2 = Path::new("/sys/fs/cgroup");
+        let parent = if v1.join("cgroup.procs").exists() {
+            v1
+        } else if std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"))
+        {
+            v2
+        } else {
+            return None;
+        };
+        let dir = parent.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let cg = Self(dir);
+        std::fs::write(cg.0.join("pids.max"), max.to_string()).unwrap();
+        Some(cg)
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn forkbomb_counts_eagain_at_the_pids_limit() {
+    if !require("forkbomb_counts_eagain_at_the_pids_limit", &[Need::Root]) {
+        return;
+    }
+    let Some(cg) = PidsCgroup::new("ward-workload-forkbomb", 16) else {
+        eprintln!("SKIP forkbomb_counts_eagain_at_the_pids_limit: needs a pids cgroup controller");
+        return;
+    };
+    // The shell joins the cgroup and becomes the workload: the whole tree is inside.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+        .arg(&cg.0)
+        .arg(workload())
+        .args(["forkbomb", "--seconds", "1", "--max-procs", "1000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v = one_json_line(&out.stdout, &"forkbomb under pids.max=16");
+    // 16 tasks: the workload itself, the tree's leader and 14 forks.
+    assert_eq!(v["forks"], 14, "{v}");
+    assert_eq!(v["capped"], false, "{v}");
+    assert!(num(&v, "eagain") > 0.0, "{v}");
+    let procs = std::fs::read_to_string(cg.0.join("cgroup.procs")).unwrap();
+    assert_eq!(procs, "", "the tree is gone");
 }
