@@ -369,3 +369,36 @@ fn forkbomb_counts_eagain_at_the_pids_limit() {
     let procs = std::fs::read_to_string(cg.0.join("cgroup.procs")).unwrap();
     assert_eq!(procs, "", "the tree is gone");
 }
+
+/// The probe in a VM (the nested harness's L1, a real KVM guest of QEMU): its own kernel,
+/// none of the host's processes or cgroups, whatever the same probe sees on the host.
+#[test]
+fn nest_probe_in_a_vm_sees_its_own_kernel() {
+    let me = std::process::id().to_string();
+    let host = json(&["probe", "--host-pid", &me]);
+    let wl = workload().to_string_lossy().into_owned();
+    let opts = ward_nest::Options {
+        label: format!("nest-workload-{me}"),
+        timeout: std::time::Duration::from_secs(300),
+        ..ward_nest::Options::default()
+    };
+    let out = ward_nest::run(&[wl.as_str(), "probe", "--host-pid", &me], &opts)
+        .expect("harness round trip")
+        .success()
+        .expect("ward-workload probe in L1");
+    let vm = one_json_line(out.stdout_str().as_bytes(), &"probe in L1");
+    assert_eq!(vm["hypervisor"], true, "{vm}");
+    assert_eq!(vm["host_pid_visible"], false, "{vm}");
+    // L1 runs ward's own nest-host kernel build, not the host's kernel.
+    assert_ne!(vm["kernel_release"], host["kernel_release"], "{vm}");
+    assert!(
+        num(&vm, "visible_pids") < num(&host, "visible_pids"),
+        "{vm}"
+    );
+    assert_eq!(vm["syscalls_probed"], host["syscalls_probed"], "{vm}");
+    assert!(num(&vm, "syscalls_reachable") > 0.0, "{vm}");
+    assert!(
+        processes_matching(&opts.label).is_empty(),
+        "QEMU left behind"
+    );
+}
