@@ -402,3 +402,79 @@ fn nest_probe_in_a_vm_sees_its_own_kernel() {
         "QEMU left behind"
     );
 }
+
+/// The probe under ward's own shared isolation (containerd → containerd-shim-ward-v2 → host
+/// ward-agent): the same walls as runc, which is what `ward compare` puts side by side.
+#[test]
+fn probe_under_ward_shared_sees_less_than_on_the_host() {
+    if !require(
+        "probe_under_ward_shared_sees_less_than_on_the_host",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let bin_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf();
+    for bin in ["containerd-shim-ward-v2", "ward-agent"] {
+        assert!(
+            bin_dir.join(bin).exists(),
+            "{} missing: build it first (cargo build -p ward-shim -p ward-agent)",
+            bin_dir.join(bin).display()
+        );
+    }
+    let me = std::process::id().to_string();
+    let host = json(&["probe", "--host-pid", &me]);
+    let tmp = tempfile::tempdir().unwrap();
+    let built = demo::build(workload(), Some(tmp.path().join("demo.oci.tar"))).unwrap();
+    let ctrd = Containerd::start(
+        "workload-ward",
+        &Options {
+            runtimes: vec![ward_tests::containerd::Runtime {
+                name: "ward".into(),
+                runtime_type: "io.containerd.ward.v2".into(),
+                options: String::new(),
+            }],
+            path_dirs: vec![bin_dir],
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    ctrd.import(&built.path);
+    for (id, extra) in [
+        ("ward-plain", &[][..]),
+        ("ward-seccomp", &["--seccomp"][..]),
+    ] {
+        let mut args = vec!["run", "--rm", "--runtime", "io.containerd.ward.v2"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[
+            &built.reference,
+            id,
+            demo::WORKLOAD_IN_IMAGE,
+            "probe",
+            "--host-pid",
+            &me,
+        ]);
+        let out = ctrd.ctr(&args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {out:?}\n{}",
+            ctrd.log()
+        );
+        let v = one_json_line(&out.stdout, &format!("ward shared {id}"));
+        assert_eq!(v["host_pid_visible"], false, "{v}");
+        assert!(num(&v, "visible_pids") <= 3.0, "{v}");
+        assert_eq!(v["kernel_release"], host["kernel_release"], "shared kernel");
+        if extra.is_empty() {
+            continue;
+        }
+        assert_eq!(v["seccomp_mode"], 2, "{v}");
+        assert!(
+            num(&v, "syscalls_reachable") < num(&host, "syscalls_reachable"),
+            "{v} vs {host}"
+        );
+    }
+}
