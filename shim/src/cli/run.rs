@@ -364,6 +364,13 @@ fn start_supervisor(
     let mut child = cmd.spawn().map_err(io("starting the supervisor"))?;
     let deadline = std::time::Instant::now() + DETACH_WAIT;
     loop {
+        // With --rm, a container that exits at once may be gone (state and all) before we
+        // look: it ran.
+        if args.rm && !dir.join("state.json").exists() {
+            println!("{}", launch.id);
+            std::mem::forget(child);
+            return Ok(0);
+        }
         let now = State::load(dir)?;
         match now.status {
             Status::Running | Status::Exited => {
