@@ -203,3 +203,18 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The static build of workspace binary `package` (`scripts/static-bin.sh`: musl, else
+/// glibc `crt-static`), as `.ci/run` and the demo build it.
+pub fn static_binary(package: &str) -> PathBuf {
+    let out = Command::new(crate::workspace_root().join("scripts/static-bin.sh"))
+        .arg(package)
+        .output()
+        .expect("running scripts/static-bin.sh");
+    assert!(
+        out.status.success(),
+        "scripts/static-bin.sh {package} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}

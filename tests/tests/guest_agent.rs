@@ -6,27 +6,13 @@
 //! Nested harness (the host KVM here cannot boot Linux), one L1 boot.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use ward_nest::{KernelKind, Options, kernel_path};
 use ward_rootfs::initrd::{InitrdSpec, build as build_initrd};
 use ward_rootfs::layer::{LayerFs, LayerSpec, build as build_layer};
 use ward_tests::guest::{scratch_dir, vmm_binary};
-use ward_tests::{Need, require, workspace_root};
-
-/// The static agent `scripts/static-agent.sh` builds (what `.ci/run` ships in initrds).
-fn static_agent() -> PathBuf {
-    let out = Command::new(workspace_root().join("scripts/static-agent.sh"))
-        .output()
-        .expect("running scripts/static-agent.sh");
-    assert!(
-        out.status.success(),
-        "static agent build failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
+use ward_tests::{Need, require};
 
 /// A busybox rootfs with a marker file, as a directory to turn into a layer image.
 fn layer_source(dir: &Path) -> PathBuf {
@@ -67,7 +53,7 @@ fn nest_agent_is_guest_init_and_runs_a_container_from_a_layer_drive() {
         return;
     }
     let dir = scratch_dir("guest-agent");
-    let agent = static_agent();
+    let agent = ward_tests::guest::static_binary("ward-agent");
     let initrd = build_initrd(&InitrdSpec {
         agent,
         output: Some(dir.join("initrd.cpio.gz")),

@@ -489,10 +489,7 @@ fn nest_ward_run_vm_demo_echo_hi_prints_hi_and_exits_0() {
     );
 
     // The guest's /init: the static agent, found in the build tree as the shim finds it.
-    let agent = Command::new(workspace_root().join("scripts/static-agent.sh"))
-        .output()
-        .expect("running scripts/static-agent.sh");
-    assert!(agent.status.success(), "static agent: {}", stderr(&agent));
+    ward_tests::guest::static_binary("ward-agent");
     // The caller's cache (kernels) and the default config: the nested machine sees the
     // host's / read-only, with tmpfs on /run and /var/lib.
     let name = format!("vm-{}", std::process::id());

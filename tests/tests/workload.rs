@@ -20,16 +20,7 @@ const MIB: usize = 1024 * 1024;
 fn workload() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let out = Command::new(workspace_root().join("scripts/static-bin.sh"))
-            .arg("ward-workload")
-            .output()
-            .expect("running scripts/static-bin.sh");
-        assert!(
-            out.status.success(),
-            "scripts/static-bin.sh ward-workload failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let bin = ward_tests::guest::static_binary("ward-workload");
         ward_rootfs::elf::require_static(&bin).expect("ward-workload is static");
         bin
     })

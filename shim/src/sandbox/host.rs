@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim_protos::api::Mount;
@@ -232,30 +232,9 @@ impl Sandbox for HostSandbox {
     }
 }
 
-/// `true` when `pid` is a live ward-agent serving `dir`.
-fn is_our_agent(pid: u32, dir: &Path) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
-        let cmdline = String::from_utf8_lossy(&raw);
-        cmdline.contains("ward-agent") && cmdline.contains(&*dir.to_string_lossy())
-    })
-}
-
 /// Stops a dead shim's agent (SIGTERM removes its containers; SIGKILL after a grace) and
 /// removes the sandbox directory.
 pub fn cleanup_after_crash(dir: &Path) {
-    let pid: u32 = std::fs::read_to_string(dir.join("agent.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    if pid != 0 && is_our_agent(pid, dir) {
-        kill(pid, libc::SIGTERM);
-        let deadline = Instant::now() + AGENT_STOP;
-        while is_our_agent(pid, dir) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if is_our_agent(pid, dir) {
-            kill(pid, libc::SIGKILL);
-        }
-    }
+    super::stop_leftover(dir, "agent.pid", "ward-agent", libc::SIGTERM, AGENT_STOP);
     let _ = std::fs::remove_dir_all(dir);
 }

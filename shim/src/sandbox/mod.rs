@@ -8,6 +8,7 @@ pub mod vm;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use containerd_shim_protos::api::Mount;
@@ -157,6 +158,41 @@ pub fn sandbox_dir(config: &Config, id: &str) -> PathBuf {
 pub fn cleanup_after_crash(dir: &Path) {
     vm::cleanup_after_crash(dir);
     host::cleanup_after_crash(dir);
+}
+
+/// The pid in `<dir>/<pid_file>` when it is still a live `binary` of the sandbox in `dir`
+/// (its command line names both), for cleaning up after a dead shim.
+fn live_pid(dir: &Path, pid_file: &str, binary: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join(pid_file))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    is_live(pid, dir, binary).then_some(pid)
+}
+
+fn is_live(pid: u32, dir: &Path, binary: &str) -> bool {
+    pid != 0
+        && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+            let cmdline = String::from_utf8_lossy(&raw);
+            cmdline.contains(binary) && cmdline.contains(&*dir.to_string_lossy())
+        })
+}
+
+/// Signals a dead shim's `binary` (recorded in `<dir>/<pid_file>`) with `first`, waits up
+/// to `grace` for it to go, then SIGKILLs it.
+fn stop_leftover(dir: &Path, pid_file: &str, binary: &str, first: libc::c_int, grace: Duration) {
+    let Some(pid) = live_pid(dir, pid_file, binary) else {
+        return;
+    };
+    signal(pid, first);
+    let deadline = Instant::now() + grace;
+    while is_live(pid, dir, binary) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if is_live(pid, dir, binary) {
+        signal(pid, libc::SIGKILL);
+    }
 }
 
 /// Sends `signal` to `pid` (0 is never signalled: that would be our process group).

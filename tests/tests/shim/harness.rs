@@ -98,17 +98,9 @@ fn vm_config() -> PathBuf {
     static CONFIG: OnceLock<PathBuf> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let agent = Command::new(ward_tests::workspace_root().join("scripts/static-agent.sh"))
-                .output()
-                .expect("running scripts/static-agent.sh");
-            assert!(
-                agent.status.success(),
-                "static agent: {}",
-                String::from_utf8_lossy(&agent.stderr)
-            );
             let dir = ward_tests::guest::scratch_dir("shim-vm-suite");
             let initrd = ward_rootfs::initrd::build(&ward_rootfs::initrd::InitrdSpec {
-                agent: PathBuf::from(String::from_utf8_lossy(&agent.stdout).trim()),
+                agent: ward_tests::guest::static_binary("ward-agent"),
                 output: Some(dir.join("initrd.cpio.gz")),
                 cache_dir: None,
             })

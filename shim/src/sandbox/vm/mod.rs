@@ -270,28 +270,10 @@ impl Sandbox for VmSandbox {
     }
 }
 
-/// `true` when `pid` is a live ward-vmm of the sandbox in `dir`.
-fn is_our_vmm(pid: u32, dir: &Path) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
-        let cmdline = String::from_utf8_lossy(&raw);
-        cmdline.contains("ward-vmm") && cmdline.contains(&*dir.to_string_lossy())
-    })
-}
-
 /// Kills a dead shim's VM (its containers go with it) and removes its cgroups; the caller
 /// removes the directory.
 pub fn cleanup_after_crash(dir: &Path) {
-    let pid: u32 = std::fs::read_to_string(dir.join("vmm.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    if pid != 0 && is_our_vmm(pid, dir) {
-        super::signal(pid, libc::SIGKILL);
-        let deadline = Instant::now() + VM_STOP;
-        while is_our_vmm(pid, dir) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    super::stop_leftover(dir, "vmm.pid", "ward-vmm", libc::SIGKILL, VM_STOP);
     if let Some(id) = dir.file_name() {
         vmm::sweep_cgroups(&id.to_string_lossy());
     }
