@@ -188,6 +188,23 @@ impl Containerd {
         self.ctr_timeout(args, CTR_TIMEOUT)
     }
 
+    /// `ctr run --rm --runtime io.containerd.runc.v2 <args…>` for a baseline run whose output
+    /// matters. With runc's shim, ctr 1.6 now and then prints nothing for a container that
+    /// exits at once, though the container ran (its output FIFO closes before ctr reads it):
+    /// such a run is repeated, up to three times. ward's own runs never go through this.
+    pub fn run_runc(&self, args: &[&str]) -> Output {
+        let mut full = vec!["run", "--rm", "--runtime", "io.containerd.runc.v2"];
+        full.extend_from_slice(args);
+        let mut out = self.ctr(&full);
+        for _ in 0..2 {
+            if !(out.status.success() && out.stdout.is_empty()) {
+                break;
+            }
+            out = self.ctr(&full);
+        }
+        out
+    }
+
     /// [`Containerd::ctr`] with its own time limit; a killed `ctr` reports a failed status
     /// and says so on stderr.
     pub fn ctr_timeout(&self, args: &[&str], limit: Duration) -> Output {

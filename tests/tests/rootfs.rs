@@ -31,9 +31,9 @@ fn build_image(dir: &Path, spec: ImageSpec) -> BuiltImage {
 }
 
 fn run_ctr(ctrd: &Containerd, reference: &str, id: &str, cmd: &[&str]) -> std::process::Output {
-    let mut args = vec!["run", "--rm", "--runtime", RUNC, reference, id];
+    let mut args = vec![reference, id];
     args.extend_from_slice(cmd);
-    ctrd.ctr(&args)
+    ctrd.run_runc(&args)
 }
 
 #[test]

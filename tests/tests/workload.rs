@@ -13,7 +13,6 @@ use ward_rootfs::demo;
 use ward_tests::containerd::{Containerd, Options};
 use ward_tests::{Need, processes_matching, require, workspace_root};
 
-const RUNC: &str = "io.containerd.runc.v2";
 const MIB: usize = 1024 * 1024;
 
 /// The static binary `scripts/static-bin.sh ward-workload` builds, built once per run.
@@ -227,11 +226,10 @@ fn probe_in_a_runc_container_sees_less_than_on_the_host() {
     let ctrd = Containerd::start("workload-runc", &Options::default()).unwrap();
     ctrd.import(&built.path);
     let ctr_run = |id: &str, extra: &[&str], cmd: &[&str]| {
-        let mut args = vec!["run", "--rm", "--runtime", RUNC];
-        args.extend_from_slice(extra);
+        let mut args = extra.to_vec();
         args.extend_from_slice(&[&built.reference, id, demo::WORKLOAD_IN_IMAGE]);
         args.extend_from_slice(cmd);
-        ctrd.ctr(&args)
+        ctrd.run_runc(&args)
     };
     let in_runc = |id: &str, extra: &[&str], cmd: &[&str]| {
         let out = ctr_run(id, extra, cmd);
