@@ -2,6 +2,7 @@
 //! and the isolation kinds behind the [`sandbox::Sandbox`] trait.
 
 pub mod cgroups;
+pub mod compare;
 pub mod config;
 pub mod options;
 pub mod rootfs;
