@@ -91,11 +91,11 @@ pub enum LaunchError {
     },
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
-    #[error("container {id}: agent {call}: {source}")]
+    #[error("container {id}: agent {call}: {why}")]
     Agent {
         id: String,
         call: &'static str,
-        source: ttrpc::Error,
+        why: String,
     },
     #[error("container {id}: opening its {kind:?} stream: {source}")]
     Stream {
@@ -183,6 +183,7 @@ pub struct Running {
     bundle: PathBuf,
     run_dir: PathBuf,
     pid: u32,
+    command: Vec<String>,
     stdin: Option<Stream>,
     stdout: Option<Stream>,
     stderr: Option<Stream>,
@@ -245,6 +246,7 @@ pub async fn launch(l: &Launch, config: &Config) -> Result<Running, LaunchError>
         bundle,
         run_dir: config.run_dir.clone(),
         pid: 0,
+        command: spec::command(&image, &l.args),
         stdin: None,
         stdout: None,
         stderr: None,
@@ -360,7 +362,7 @@ impl Running {
         LaunchError::Agent {
             id: self.id.clone(),
             call,
-            source,
+            why: rpc_message(source),
         }
     }
 
@@ -371,6 +373,11 @@ impl Running {
     /// The container's init pid as the agent sees it (the host pid in shared isolation).
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The container's argv: the image's entrypoint and the given args (or its cmd).
+    pub fn command(&self) -> &[String] {
+        &self.command
     }
 
     pub fn timings(&self) -> Timings {
@@ -484,6 +491,14 @@ impl Running {
             Err(e) => log::warn!("{e}"),
         }
         sb.shutdown().await;
+    }
+}
+
+/// The agent's own message for a status error (it names the container already).
+fn rpc_message(e: ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
     }
 }
 
