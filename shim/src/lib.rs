@@ -2,8 +2,10 @@
 //! and the isolation kinds behind the [`sandbox::Sandbox`] trait.
 
 pub mod cgroups;
+pub mod cli;
 pub mod compare;
 pub mod config;
+pub mod image;
 pub mod options;
 pub mod rootfs;
 pub mod sandbox;

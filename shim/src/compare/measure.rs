@@ -9,7 +9,7 @@ use super::metrics::{self as m, ModeResult, percentile};
 use super::probe::{Probe, attack_surface};
 use super::procs;
 use super::progress::Progress;
-use super::runner::{Instance, LaunchSpec, Limits, Runtime};
+use super::runner::{Instance, LaunchSpec, Runtime};
 use super::{CompareError, Mode, Options, Workload};
 
 /// Any single workload run longer than this is broken.
@@ -368,63 +368,67 @@ impl Ctx<'_> {
     }
 
     /// Sandbox A's wake-up lateness p99 alone, then next to a neighbour B that fork-bombs
-    /// and then hogs memory (each within its own limits).
+    /// and then hogs memory (each within its own limits). Each ratio is against the mean of
+    /// the alone runs just before and just after it, so a load change on the machine during
+    /// the measurement moves both sides.
     fn neighbour(&mut self, out: &mut ModeResult) -> Result<(), CompareError> {
-        let latency = ["latency", "--millis", LATENCY_MILLIS];
-        let spec = self.spec(&latency);
-        let alone = self.run_to_end(&spec)?;
-        let alone = self.field("latency", &alone, "p99_us")?;
-        out.set(m::LATENCY_ALONE, alone, 1);
-        let neighbours: [(&str, Vec<&str>, Limits); 2] = [
-            (
-                m::NEIGHBOUR_FORKBOMB,
-                vec!["forkbomb", "--seconds", NEIGHBOUR_SECONDS],
-                Limits {
-                    pids: Some(NEIGHBOUR_PIDS),
-                    memory_bytes: None,
-                },
-            ),
-            (
-                m::NEIGHBOUR_MEMHOG,
-                vec![
+        let mut alone = vec![self.latency_p99()?];
+        let max_procs = NEIGHBOUR_PIDS.to_string();
+        for (key, forkbomb) in [(m::NEIGHBOUR_FORKBOMB, true), (m::NEIGHBOUR_MEMHOG, false)] {
+            let mut spec_b = if forkbomb {
+                let mut s = self.spec(&["forkbomb", "--seconds", NEIGHBOUR_SECONDS]);
+                if self.rt.supports_pids_limit() {
+                    s.limits.pids = Some(NEIGHBOUR_PIDS);
+                } else {
+                    // The bomb's own bound stands in for the pids limit this runtime lacks.
+                    s.args.extend(["--max-procs".into(), max_procs.clone()]);
+                    out.notes.push(format!(
+                        "the fork bomb capped itself at {NEIGHBOUR_PIDS} processes: {} cannot set a pids limit",
+                        self.mode()
+                    ));
+                }
+                s
+            } else {
+                let mut s = self.spec(&[
                     "memhog",
                     "--mib",
                     MEMHOG_MIB,
                     "--seconds",
                     NEIGHBOUR_SECONDS,
-                ],
-                Limits {
-                    pids: None,
-                    memory_bytes: Some(NEIGHBOUR_MEMORY),
-                },
-            ),
-        ];
-        for (key, args, limits) in neighbours {
-            if limits.pids.is_some() && !self.rt.supports_pids_limit() {
-                out.errors.push(format!(
-                    "neighbour: {key} skipped: {} cannot set a pids limit, and an unbounded fork bomb would hit the whole host",
-                    self.mode()
-                ));
-                continue;
-            }
-            let mut spec_b = self.spec(&args);
-            spec_b.limits = limits;
+                ]);
+                s.limits.memory_bytes = Some(NEIGHBOUR_MEMORY);
+                s
+            };
+            spec_b.id.push_str("-b");
             let mut b = self.rt.launch(&spec_b)?;
             let b_out = drain(b.take_stdout());
             let b_err = drain(b.take_stderr());
-            let spec_a = self.spec(&latency);
-            let a = self.run_to_end(&spec_a);
+            let with = self.latency_p99();
             let _ = b.kill();
             let _ = b.wait(RUN_LIMIT);
             let torn = b.teardown();
             drop((join(b_out), join(b_err)));
-            let with = self.field("latency", &a?, "p99_us")?;
+            let with = with?;
             torn?;
-            if alone > 0.0 {
-                out.set(key, with / alone, 1);
+            let after = self.latency_p99()?;
+            let before = alone[alone.len() - 1];
+            alone.push(after);
+            let base = f64::midpoint(before, after);
+            if base > 0.0 {
+                out.set(key, with / base, 1);
             }
         }
+        if let Some(v) = percentile(&alone, 50.0) {
+            out.set(m::LATENCY_ALONE, v, alone.len());
+        }
         Ok(())
+    }
+
+    /// One `latency` run: its wake-up lateness p99 in µs.
+    fn latency_p99(&mut self) -> Result<f64, CompareError> {
+        let spec = self.spec(&["latency", "--millis", LATENCY_MILLIS]);
+        let done = self.run_to_end(&spec)?;
+        self.field("latency", &done, "p99_us")
     }
 
     fn run_to_end(&mut self, spec: &LaunchSpec) -> Result<Finished, CompareError> {

@@ -198,6 +198,8 @@ pub struct ModeResult {
     pub probe: Option<Probe>,
     /// Workloads that failed in this mode, one line each.
     pub errors: Vec<String>,
+    /// How a measurement differed from the documented one in this mode.
+    pub notes: Vec<String>,
 }
 
 impl ModeResult {

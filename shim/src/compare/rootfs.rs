@@ -51,6 +51,14 @@ pub fn demo_spec() -> Result<ImageSpec, CompareError> {
     })
 }
 
+/// Builds (or finds in the cache: same bytes every time) the demo image archive with the
+/// workload in it, for ward's launch library.
+pub fn demo_archive() -> Result<PathBuf, CompareError> {
+    ward_rootfs::image::build(&demo_spec()?)
+        .map(|b| b.path)
+        .map_err(|e| CompareError::Rootfs(e.to_string()))
+}
+
 /// Unpacks the demo image's root file system into `<scratch>/rootfs` and returns that path.
 pub fn demo_rootfs(scratch: &Path) -> Result<PathBuf, CompareError> {
     let spec = demo_spec()?;

@@ -10,8 +10,10 @@ use super::rootfs;
 use super::runner::Runtime;
 use super::runner::host::HostRuntime;
 use super::runner::oci::OciRuntime;
+use super::runner::ward::WardRuntime;
 use super::{CompareError, Mode, Options, Workload};
 use crate::config::Config;
+use crate::image::ImageRef;
 
 /// Runs the comparison `opts` describes. Per-workload failures end up in the report
 /// (`errors` of the mode); only setup failures are errors here.
@@ -45,6 +47,7 @@ pub fn run(opts: &Options, quiet: bool) -> Result<Report, CompareError> {
     progress.step("preparing the demo image rootfs");
     let scratch = rootfs::scratch_dir()?;
     let root = rootfs::demo_rootfs(scratch.path())?;
+    let image = ImageRef::Path(rootfs::demo_archive()?);
     let config = Config::load(None).map_err(|e| CompareError::Rootfs(e.to_string()))?;
 
     let host = HostRuntime::new(&root);
@@ -59,11 +62,7 @@ pub fn run(opts: &Options, quiet: bool) -> Result<Report, CompareError> {
         }
         let rt: Box<dyn Runtime> = match mode {
             Mode::Shared | Mode::Vm => {
-                let _ = &config;
-                report
-                    .notes
-                    .push(format!("{mode}: the launch library is not merged yet"));
-                continue;
+                Box::new(WardRuntime::new(*mode, config.clone(), image.clone())?)
             }
             Mode::Runc | Mode::Crun => match OciRuntime::find(*mode, &root, scratch.path()) {
                 Ok(rt) => Box::new(rt),

@@ -63,6 +63,7 @@ fn mode_value(res: &ModeResult) -> Value {
             .unwrap_or(Value::Null),
     );
     obj.insert("errors".into(), json!(res.errors));
+    obj.insert("notes".into(), json!(res.notes));
     Value::Object(obj)
 }
 
@@ -109,6 +110,7 @@ fn parse_mode(v: &Value) -> ModeResult {
     }
     r.probe = serde_json::from_value::<Probe>(v["probe"].clone()).ok();
     r.errors = serde_json::from_value(v["errors"].clone()).unwrap_or_default();
+    r.notes = serde_json::from_value(v["notes"].clone()).unwrap_or_default();
     r
 }
 

@@ -94,8 +94,10 @@ pub fn rows(r: &Report) -> Vec<Row> {
             .chain(ratio.then(String::new))
             .collect(),
     };
+    let probed = r.modes.iter().any(|(_, res)| res.probe.is_some());
     let host_kernel = r.host.kernel_release.clone();
-    rows.push(probe_row("kernel seen", &|res| {
+    let mut probes = Vec::new();
+    probes.push(probe_row("kernel seen", &|res| {
         let p = res.probe.as_ref()?;
         let same = p.kernel_release == host_kernel;
         Some(format!(
@@ -104,10 +106,10 @@ pub fn rows(r: &Report) -> Vec<Row> {
             if same { " (host)" } else { "" }
         ))
     }));
-    rows.push(probe_row("hypervisor flag in cpuinfo", &|res| {
+    probes.push(probe_row("hypervisor flag in cpuinfo", &|res| {
         Some(yes_no(res.probe.as_ref()?.hypervisor))
     }));
-    rows.push(probe_row("host process visible", &|res| {
+    probes.push(probe_row("host process visible", &|res| {
         Some(
             res.probe
                 .as_ref()?
@@ -115,21 +117,24 @@ pub fn rows(r: &Report) -> Vec<Row> {
                 .map_or("?".into(), yes_no),
         )
     }));
-    rows.push(probe_row("pids visible in /proc", &|res| {
+    probes.push(probe_row("pids visible in /proc", &|res| {
         Some(res.probe.as_ref()?.visible_pids.to_string())
     }));
-    rows.push(probe_row("kernel log readable", &|res| {
+    probes.push(probe_row("kernel log readable", &|res| {
         Some(yes_no(res.probe.as_ref()?.kernel_log_readable))
     }));
-    rows.push(probe_row("host cgroup dirs visible", &|res| {
+    probes.push(probe_row("host cgroup dirs visible", &|res| {
         Some(res.probe.as_ref()?.host_cgroups_visible.to_string())
     }));
-    rows.push(probe_row("kallsyms addresses", &|res| {
+    probes.push(probe_row("kallsyms addresses", &|res| {
         Some(yes_no(res.probe.as_ref()?.kallsyms_addresses))
     }));
-    rows.push(probe_row("seccomp mode", &|res| {
+    probes.push(probe_row("seccomp mode", &|res| {
         Some(res.probe.as_ref()?.seccomp_mode.to_string())
     }));
+    if probed {
+        rows.extend(probes);
+    }
     for m in METRICS.iter().filter(|m| m.group == Group::Isolation) {
         let cells: Vec<String> = r
             .modes
@@ -173,6 +178,9 @@ pub fn header(r: &Report) -> Vec<String> {
 pub fn footer(r: &Report) -> Vec<String> {
     let mut lines: Vec<String> = r.notes.iter().map(|n| format!("note: {n}")).collect();
     for (m, res) in &r.modes {
+        for n in &res.notes {
+            lines.push(format!("note: {m}: {n}"));
+        }
         for e in &res.errors {
             lines.push(format!("error: {m}: {e}"));
         }

@@ -81,7 +81,10 @@ mod tests {
     fn columns_line_up() {
         let text = render(&sample_report());
         let lines: Vec<&str> = text.lines().collect();
-        let head = lines.iter().find(|l| l.trim_start().starts_with("shared")).unwrap();
+        let head = lines
+            .iter()
+            .find(|l| l.trim_start().starts_with("shared"))
+            .unwrap();
         let start = lines.iter().find(|l| l.contains("start p50")).unwrap();
         assert_eq!(head.chars().count(), start.chars().count(), "{text}");
         assert!(

@@ -4,6 +4,7 @@
 
 pub mod host;
 pub mod oci;
+pub mod ward;
 
 use std::io::Read;
 use std::time::Duration;
