@@ -31,6 +31,10 @@ pub struct CompareArgs {
     /// The exact modes to run (used for the nested run of vm mode).
     #[arg(long, hide = true, value_delimiter = ',', value_parser = parse_mode)]
     pub modes: Vec<Mode>,
+    /// The image archive for ward's modes (used for the nested run, where the cache is
+    /// read-only).
+    #[arg(long, hide = true, value_name = "ARCHIVE")]
+    pub image: Option<PathBuf>,
     /// No progress line on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -114,6 +118,7 @@ impl CompareArgs {
             format: self.format,
             svg: self.svg.clone(),
             modes: seen,
+            image: self.image.clone(),
         })
     }
 }

@@ -150,6 +150,8 @@ pub struct Options {
     pub svg: Option<PathBuf>,
     /// ward modes and baselines to run, in report order (`host` is added when `cpu` needs it).
     pub modes: Vec<Mode>,
+    /// The image archive ward's modes run (default: the demo image built with the workload).
+    pub image: Option<PathBuf>,
 }
 
 impl Options {

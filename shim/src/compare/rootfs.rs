@@ -89,7 +89,7 @@ pub fn demo_rootfs(scratch: &Path) -> Result<PathBuf, CompareError> {
 /// A scratch directory on disk (not a tmpfs) for bundles and the rootfs, removed on drop.
 pub fn scratch_dir() -> Result<tempfile::TempDir, CompareError> {
     tempfile::Builder::new()
-        .prefix("ward-compare-")
+        .prefix(&format!("ward-compare-{}-", std::process::id()))
         .tempdir_in("/var/tmp")
         .map_err(|e| CompareError::io("creating a scratch directory in /var/tmp", e))
 }

@@ -47,23 +47,28 @@ pub fn run(opts: &Options, quiet: bool) -> Result<Report, CompareError> {
     progress.step("preparing the demo image rootfs");
     let scratch = rootfs::scratch_dir()?;
     let root = rootfs::demo_rootfs(scratch.path())?;
-    let image = ImageRef::Path(rootfs::demo_archive()?);
+    let image = match &opts.image {
+        Some(path) => path.clone(),
+        None => rootfs::demo_archive()?,
+    };
     let config = Config::load(None).map_err(|e| CompareError::Rootfs(e.to_string()))?;
 
     let host = HostRuntime::new(&root);
     for mode in &modes {
         if nest_vm && *mode == Mode::Vm {
             progress.step("vm: in the nested harness (takes minutes)");
-            match nested::run_vm(opts) {
+            match nested::run_vm(opts, &image) {
                 Ok(inner) => nested::merge(&mut report, inner),
                 Err(e) => report.notes.push(format!("vm: {e}")),
             }
             continue;
         }
         let rt: Box<dyn Runtime> = match mode {
-            Mode::Shared | Mode::Vm => {
-                Box::new(WardRuntime::new(*mode, config.clone(), image.clone())?)
-            }
+            Mode::Shared | Mode::Vm => Box::new(WardRuntime::new(
+                *mode,
+                config.clone(),
+                ImageRef::Path(image.clone()),
+            )?),
             Mode::Runc | Mode::Crun => match OciRuntime::find(*mode, &root, scratch.path()) {
                 Ok(rt) => Box::new(rt),
                 Err(why) => {

@@ -51,7 +51,14 @@ fn mode_value(res: &ModeResult) -> Value {
     let mut obj = Map::new();
     let mut samples = Map::new();
     for (k, s) in &res.values {
-        obj.insert(k.clone(), Value::from(s.value));
+        // Counts are whole numbers; print them as such.
+        let count = crate::compare::metrics::metric(k).is_some_and(|m| m.unit == "syscalls");
+        let value = if count {
+            Value::from(s.value.round() as u64)
+        } else {
+            Value::from(s.value)
+        };
+        obj.insert(k.clone(), value);
         samples.insert(k.clone(), Value::from(s.n));
     }
     obj.insert("samples".into(), Value::Object(samples));
