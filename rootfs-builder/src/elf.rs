@@ -17,7 +17,8 @@ pub enum Error {
     NotElf { path: PathBuf, why: &'static str },
     #[error(
         "{path} is dynamically linked (it asks for the loader {interpreter}); \
-         build it statically (scripts/static-agent.sh does that for ward-agent)"
+         build it statically (scripts/static-bin.sh PACKAGE; \
+         scripts/static-agent.sh for ward-agent)"
     )]
     Dynamic { path: PathBuf, interpreter: String },
 }

@@ -1,10 +1,12 @@
-//! ward-rootfs: the guest initrd, read-only layer images and the demo OCI image.
+//! ward-rootfs: the guest initrd, read-only layer images and the demo OCI image (busybox
+//! plus the static `ward-workload`).
 //!
 //! Every output is reproducible (fixed mtimes, sorted entries, fixed owners) so that its
 //! content hash is stable, and everything written to the cache appears there atomically.
 
 pub mod cache;
 pub mod cpio;
+pub mod demo;
 pub mod elf;
 pub mod image;
 pub mod initrd;

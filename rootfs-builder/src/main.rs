@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use ward_rootfs::{image, initrd, layer};
+use ward_rootfs::{demo, image, initrd, layer};
 
 #[derive(Parser, Debug)]
 #[command(name = "ward-rootfs", version, about)]
@@ -37,6 +37,17 @@ enum Cmd {
         /// Statically linked busybox to install.
         #[arg(long, default_value = image::DEFAULT_BUSYBOX)]
         busybox: PathBuf,
+    },
+    /// Build the demo image `ward run` and `ward compare` use: busybox plus a static
+    /// ward-workload at /usr/bin/ward-workload, as ward.local/demo:latest.
+    Demo {
+        /// Static ward-workload (default: found next to this executable or in the
+        /// workspace's target/<musl|gnu>/release, see scripts/static-bin.sh).
+        #[arg(long)]
+        workload: Option<PathBuf>,
+        /// Archive to write (default: $WARD_CACHE/images/<manifest digest>.oci.tar).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Turn a directory or tar layer into a cached read-only layer image.
     Layer {
@@ -99,6 +110,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!(
                 "image {} {} ({} bytes)",
                 built.reference, built.manifest_digest, built.size
+            );
+            println!("{}", built.path.display());
+        }
+        Cmd::Demo { workload, output } => {
+            let workload = match workload {
+                Some(w) => w,
+                None => demo::find_static_workload()?,
+            };
+            let built = demo::build(&workload, output).context("building the demo image")?;
+            eprintln!(
+                "image {} {} ({} bytes, workload {})",
+                built.reference,
+                built.manifest_digest,
+                built.size,
+                workload.display()
             );
             println!("{}", built.path.display());
         }

@@ -120,6 +120,14 @@ fn bad_arguments_say_what_is_wrong() {
             "unknown layer filesystem \"xfs\"",
         ),
         (&["layer", "/nonexistent/layer"][..], "/nonexistent/layer"),
+        (
+            &["demo", "--workload", "/bin/ls"][..],
+            "ward-workload: /bin/ls is dynamically linked",
+        ),
+        (
+            &["demo", "--workload", "/nonexistent/ward-workload"][..],
+            "cannot read /nonexistent/ward-workload",
+        ),
     ] {
         let out = run(cache.path(), args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
@@ -134,6 +142,54 @@ fn bad_arguments_say_what_is_wrong() {
         }
     }
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn demo_installs_the_workload_under_usr_bin() {
+    if !Path::new("/bin/busybox").exists() {
+        eprintln!("SKIP demo_installs_the_workload_under_usr_bin: needs busybox-static");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("demo.tar");
+    // Any static executable stands in for ward-workload here.
+    let out = run(
+        dir.path(),
+        &[
+            "demo",
+            "--workload",
+            "/bin/busybox",
+            "-o",
+            &output.to_string_lossy(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), output.to_string_lossy());
+    assert!(
+        stderr(&out).contains("ward.local/demo:latest sha256:"),
+        "{}",
+        stderr(&out)
+    );
+    // The layer is the one gzip'd blob: list it and find the workload.
+    let layer = Command::new("sh")
+        .arg("-c")
+        .arg(r#"cd "$1" && tar -xf "$2" && for b in blobs/sha256/*; do tar -tzf "$b" 2>/dev/null; done"#)
+        .args(["sh", &dir.path().to_string_lossy(), &output.to_string_lossy()])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&layer.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.trim_start_matches("./") == "bin/ward-workload"),
+        "{listing}"
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.trim_start_matches("./") == "usr/bin"),
+        "{listing}"
+    );
 }
 
 #[test]

@@ -47,8 +47,8 @@ pub fn monotonic_ns() -> u64 {
 /// Sleeps until `CLOCK_MONOTONIC` reads `deadline_ns` (restarting after signals).
 pub fn sleep_until_ns(deadline_ns: u64) {
     let ts = libc::timespec {
-        tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
-        tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
+        tv_sec: (deadline_ns / 1_000_000_000) as _,
+        tv_nsec: (deadline_ns % 1_000_000_000) as _,
     };
     loop {
         // SAFETY: `ts` is a valid timespec; the remainder pointer may be null with

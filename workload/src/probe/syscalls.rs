@@ -11,7 +11,7 @@ use crate::sys::{self, Fork};
 pub const LAST: i64 = 460;
 
 /// How long a child may sit in a call before SIGALRM ends it (the call was reachable).
-const CHILD_TIMER_US: libc::suseconds_t = 100_000;
+const CHILD_TIMER_US: u32 = 100_000;
 
 /// Numbers never called, and why. Even in a throw-away child these would end or hang the
 /// probe, signal other processes, or leave something behind.
@@ -132,7 +132,7 @@ fn child(nr: i64) -> ! {
         },
         it_value: libc::timeval {
             tv_sec: 0,
-            tv_usec: CHILD_TIMER_US,
+            tv_usec: CHILD_TIMER_US.into(),
         },
     };
     let no_core = libc::rlimit {
