@@ -1,60 +1,37 @@
-//! The demo image as one writable directory, for the modes that do not go through ward's
-//! launch library: the runc/crun bundles' rootfs and the `host` mode's workload binary. The
-//! image's root file system (`ward_rootfs::image::rootfs_tree`, the same tree the demo
-//! archive's layer is made of) is unpacked into a scratch directory on disk, so the fsync
-//! workload writes to a real file system.
+//! The demo image (`ward_rootfs::demo`: busybox plus the static `ward-workload`) as an
+//! archive for ward's modes, and as one writable directory for the modes that do not go
+//! through ward's launch library: the runc/crun bundles' rootfs and the `host` mode's
+//! workload binary. The directory is the same tree the archive's layer is made of, unpacked
+//! into a scratch directory on disk, so the fsync workload writes to a real file system.
 
 use std::path::{Path, PathBuf};
 
-use ward_rootfs::image::{Add, ImageSpec, rootfs_tree};
-
 use super::CompareError;
 use super::runner::WORKLOAD_IN_IMAGE;
+use ward_rootfs::demo;
+use ward_rootfs::image::{ImageSpec, rootfs_tree};
 
-/// Environment variable naming the static `ward-workload` to put in the image.
+/// Environment variable naming the static `ward-workload` to put in the image (else
+/// `ward_rootfs::demo::find_static_workload` looks beside ward and in the build tree).
 pub const WORKLOAD_ENV: &str = "WARD_WORKLOAD";
 
-/// The static `ward-workload`: `$WARD_WORKLOAD`, else beside the running executable, else
-/// the musl release build of this tree (`cargo build --release -p ward-workload --target
-/// x86_64-unknown-linux-musl`).
+/// The static `ward-workload` the demo image gets.
 pub fn workload_binary() -> Result<PathBuf, CompareError> {
     if let Some(p) = std::env::var_os(WORKLOAD_ENV) {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe().map_err(|e| CompareError::io("finding ward's path", e))?;
-    let dir = exe.parent().unwrap_or(Path::new("/"));
-    let candidates = [
-        dir.join("ward-workload"),
-        dir.join("../x86_64-unknown-linux-musl/release/ward-workload"),
-    ];
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        CompareError::Rootfs(format!(
-            "no ward-workload binary: looked at ${WORKLOAD_ENV} and {}; build it with `cargo build --release -p ward-workload --target x86_64-unknown-linux-musl`",
-            candidates
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })
+    demo::find_static_workload().map_err(|e| CompareError::Rootfs(e.to_string()))
 }
 
-/// The demo image's spec with the workload binary in it.
+/// The demo image's spec (`ward_rootfs::demo`) with the workload binary in it.
 pub fn demo_spec() -> Result<ImageSpec, CompareError> {
-    Ok(ImageSpec {
-        // /usr/bin is a link to /bin in the demo image.
-        adds: vec![Add {
-            src: workload_binary()?,
-            dst: "/bin/ward-workload".into(),
-        }],
-        ..ImageSpec::default()
-    })
+    Ok(demo::demo_spec(&workload_binary()?))
 }
 
 /// Builds (or finds in the cache: same bytes every time) the demo image archive with the
 /// workload in it, for ward's launch library.
 pub fn demo_archive() -> Result<PathBuf, CompareError> {
-    ward_rootfs::image::build(&demo_spec()?)
+    demo::build(&workload_binary()?, None)
         .map(|b| b.path)
         .map_err(|e| CompareError::Rootfs(e.to_string()))
 }

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use super::{CompareError, Mode};
 
-/// Path of the workload binary inside the demo image.
-pub const WORKLOAD_IN_IMAGE: &str = "/usr/bin/ward-workload";
+pub use ward_rootfs::demo::WORKLOAD_IN_IMAGE;
 
 /// Resource limits for a sandbox (the neighbour that misbehaves).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
