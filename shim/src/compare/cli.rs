@@ -106,6 +106,16 @@ impl CompareArgs {
         } else {
             self.modes.clone()
         };
+        if let Some(svg) = &self.svg {
+            let dir = svg.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                return Err(format!(
+                    "--svg {}: directory {} does not exist",
+                    svg.display(),
+                    dir.map(|d| d.display().to_string()).unwrap_or_default()
+                ));
+            }
+        }
         let mut seen = Vec::new();
         for m in modes {
             if !seen.contains(&m) {
@@ -227,6 +237,11 @@ mod tests {
         let e = parse(&["--baseline", "docker"]).unwrap_err();
         assert!(e.contains("unknown baseline \"docker\""), "{e}");
         assert!(parse(&["--runs", "0"]).is_err());
+        let e = parse(&["--svg", "/nonexistent-dir/x.svg"]).unwrap_err();
+        assert!(
+            e.contains("directory /nonexistent-dir does not exist"),
+            "{e}"
+        );
         assert!(
             parse(&["--format", "xml"])
                 .unwrap_err()

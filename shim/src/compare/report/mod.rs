@@ -20,19 +20,28 @@ pub enum Row {
     },
 }
 
-/// Column titles: one per mode, plus `vm/shared` when both ran.
-pub fn columns(r: &Report) -> Vec<String> {
-    let mut cols: Vec<String> = r
-        .modes
-        .iter()
-        .map(|(m, _)| {
-            if r.emulated.get(m.name()).copied().unwrap_or(false) {
-                format!("{m} (emulated)")
-            } else {
-                m.name().to_owned()
+/// The measured columns: one per mode, and after vm the shared run of the same nested L1
+/// when vm ran there.
+pub fn results(r: &Report) -> Vec<(String, &ModeResult)> {
+    let mut out = Vec::new();
+    for (m, res) in &r.modes {
+        if r.emulated.get(m.name()).copied().unwrap_or(false) {
+            out.push((format!("{m} (emulated)"), res));
+        } else {
+            out.push((m.name().to_owned(), res));
+        }
+        if *m == Mode::Vm {
+            if let Some(l1) = &r.nested_shared {
+                out.push(("shared (L1, emulated)".to_owned(), l1));
             }
-        })
-        .collect();
+        }
+    }
+    out
+}
+
+/// Column titles: one per result, plus `vm/shared` when both ran.
+pub fn columns(r: &Report) -> Vec<String> {
+    let mut cols: Vec<String> = results(r).into_iter().map(|(t, _)| t).collect();
     if has_vm_ratio(r) {
         cols.push("vm/shared".into());
     }
@@ -65,9 +74,9 @@ fn yes_no(b: bool) -> String {
 pub fn rows(r: &Report) -> Vec<Row> {
     let mut rows = vec![Row::Section("cost")];
     let ratio = has_vm_ratio(r);
+    let results = results(r);
     for m in METRICS.iter().filter(|m| m.group == Group::Cost) {
-        let cells: Vec<String> = r
-            .modes
+        let cells: Vec<String> = results
             .iter()
             .map(|(_, res)| res.get(m.key).map_or_else(|| "-".into(), number))
             .chain(ratio.then(|| {
@@ -87,14 +96,13 @@ pub fn rows(r: &Report) -> Vec<Row> {
     let probe_row = |label: &str, f: &dyn Fn(&ModeResult) -> Option<String>| Row::Data {
         label: label.to_owned(),
         unit: "",
-        cells: r
-            .modes
+        cells: results
             .iter()
             .map(|(_, res)| f(res).unwrap_or_else(|| "-".into()))
             .chain(ratio.then(String::new))
             .collect(),
     };
-    let probed = r.modes.iter().any(|(_, res)| res.probe.is_some());
+    let probed = results.iter().any(|(_, res)| res.probe.is_some());
     let host_kernel = r.host.kernel_release.clone();
     let mut probes = Vec::new();
     probes.push(probe_row("kernel seen", &|res| {
@@ -136,8 +144,7 @@ pub fn rows(r: &Report) -> Vec<Row> {
         rows.extend(probes);
     }
     for m in METRICS.iter().filter(|m| m.group == Group::Isolation) {
-        let cells: Vec<String> = r
-            .modes
+        let cells: Vec<String> = results
             .iter()
             .map(|(_, res)| res.get(m.key).map_or_else(|| "-".into(), number))
             .chain(ratio.then(String::new))
@@ -246,5 +253,28 @@ pub(crate) mod tests {
         assert_eq!(find("start p50"), ["20.0", "900", "45.0x"]);
         assert_eq!(find("kernel seen"), ["6.18.0 (host)", "6.12.0", ""]);
         assert!(header(&r)[1].starts_with("times emulated: vm"));
+
+        let mut nested = r.clone();
+        let mut l1 = ModeResult::default();
+        l1.set(metrics::START_P50, 300.0, 10);
+        nested.nested_shared = Some(l1);
+        assert_eq!(
+            columns(&nested),
+            [
+                "shared",
+                "vm (emulated)",
+                "shared (L1, emulated)",
+                "vm/shared"
+            ]
+        );
+        let rows = super::rows(&nested);
+        let start = rows
+            .iter()
+            .find_map(|row| match row {
+                Row::Data { label, cells, .. } if label.starts_with("start p50") => Some(cells),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(start, &["20.0", "900", "300", "3.00x"]);
     }
 }

@@ -3,23 +3,26 @@
 
 use std::fmt::Write;
 
-use super::number;
+use super::{number, results};
 use crate::compare::metrics::{Group, METRICS, Report};
 
 const WIDTH: f64 = 860.0;
 const LABEL_W: f64 = 300.0;
 const BAR_H: f64 = 16.0;
 const GAP: f64 = 14.0;
-const COLOURS: [&str; 5] = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2"];
+const COLOURS: [&str; 6] = [
+    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1",
+];
 
 #[allow(clippy::many_single_char_names)] // x, y, w: coordinates
 pub fn render(r: &Report) -> String {
+    let cols = results(r);
     let metrics: Vec<_> = METRICS
         .iter()
         .filter(|m| m.group == Group::Cost)
-        .filter(|m| r.modes.iter().any(|(_, res)| res.get(m.key).is_some()))
+        .filter(|m| cols.iter().any(|(_, res)| res.get(m.key).is_some()))
         .collect();
-    let n_modes = r.modes.len().max(1) as f64;
+    let n_modes = cols.len().max(1) as f64;
     let group_h = n_modes * BAR_H + GAP + 18.0;
     let height = 60.0 + group_h * metrics.len() as f64;
     let mut s = String::new();
@@ -48,19 +51,19 @@ pub fn render(r: &Report) -> String {
     );
     // Legend.
     let mut x = 10.0;
-    for (i, (m, _)) in r.modes.iter().enumerate() {
+    for (i, (m, _)) in cols.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let _ = writeln!(
             s,
-            r#"<rect x="{x}" y="30" width="12" height="12" fill="{colour}"/><text x="{}" y="41">{m}</text>"#,
-            x + 16.0
+            r#"<rect x="{x}" y="30" width="12" height="12" fill="{colour}"/><text x="{}" y="41">{}</text>"#,
+            x + 16.0,
+            escape(m)
         );
-        x += 90.0;
+        x += 30.0 + 7.0 * m.chars().count() as f64;
     }
     let mut y = 60.0;
     for m in metrics {
-        let max = r
-            .modes
+        let max = cols
             .iter()
             .filter_map(|(_, res)| res.get(m.key))
             .fold(0.0_f64, f64::max);
@@ -77,7 +80,7 @@ pub fn render(r: &Report) -> String {
             escape(m.unit),
             y + 26.0
         );
-        for (i, (_, res)) in r.modes.iter().enumerate() {
+        for (i, (_, res)) in cols.iter().enumerate() {
             let by = y + i as f64 * BAR_H;
             let Some(v) = res.get(m.key) else { continue };
             let w = if max > 0.0 {
