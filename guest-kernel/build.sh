@@ -11,7 +11,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 name=${1:-}
 case "$name" in
-  guest) fragments=("$here/guest.config") ;;
+  guest) fragments=("$here/guest.config" "$here/guest-only.config") ;;
   nest-host) fragments=("$here/guest.config" "$here/nest-host.config") ;;
   *) echo "usage: $0 {guest|nest-host}" >&2; exit 2 ;;
 esac

@@ -310,6 +310,40 @@ fn device_cgroup_allows_only_listed_devices() {
     assert!(out.stderr.contains("Operation not permitted"), "{out:?}");
 }
 
+/// containerd's default device list is long; on cgroup v2 it once made the verifier's log
+/// outgrow its buffer, which fails the BPF load itself.
+#[test]
+fn a_long_device_rule_list_as_containerd_writes_it() {
+    if !require_root("a_long_device_rule_list_as_containerd_writes_it") {
+        return;
+    }
+    let b = Bundle::new("devlist");
+    let mut s = default_spec(&["sh", "-c", "echo ok > /dev/null && echo written"]);
+    let mut rules = vec![serde_json::json!({ "allow": false, "access": "rwm" })];
+    for (kind, major, minor) in [
+        ("c", 1, 3),
+        ("c", 1, 5),
+        ("c", 1, 7),
+        ("c", 1, 8),
+        ("c", 1, 9),
+        ("c", 5, 0),
+        ("c", 5, 1),
+        ("c", 5, 2),
+        ("c", 10, 200),
+        ("c", 10, 229),
+        ("c", 4, 0),
+        ("c", 4, 1),
+    ] {
+        rules.push(serde_json::json!({ "allow": true, "type": kind, "major": major, "minor": minor, "access": "rwm" }));
+    }
+    rules.push(serde_json::json!({ "allow": true, "type": "c", "major": 136, "access": "rwm" }));
+    rules.push(serde_json::json!({ "allow": true, "type": "c", "access": "m" }));
+    rules.push(serde_json::json!({ "allow": true, "type": "b", "access": "m" }));
+    s["linux"]["resources"]["devices"] = serde_json::Value::Array(rules);
+    let out = common::run(b.options(spec(s)));
+    assert_eq!(out.stdout, "written\n", "{out:?}");
+}
+
 #[test]
 fn spec_mounts_with_their_options() {
     if !require_root("spec_mounts_with_their_options") {

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest-kernel");
     for (name, fragments) in [
-        ("GUEST", &["guest.config"][..]),
+        ("GUEST", &["guest.config", "guest-only.config"][..]),
         ("NEST_HOST", &["guest.config", "nest-host.config"][..]),
     ] {
         // Same bytes, same order as build.sh: `cat VERSION fragments… | sha256sum | cut -c1-16`.

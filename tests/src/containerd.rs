@@ -43,6 +43,8 @@ pub struct Options {
     pub cri: bool,
     /// Raw TOML appended to the generated config.
     pub extra_config: String,
+    /// Environment of containerd, which its shims inherit (e.g. `WARD_CONFIG`).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running containerd owned by a test.
@@ -95,6 +97,7 @@ impl Containerd {
             .arg("--config")
             .arg(me.dir.join("config.toml"))
             .env("PATH", &me.path_env)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -36,10 +36,7 @@ pub struct HostSandbox {
     exited: watch::Receiver<bool>,
 }
 
-/// The sandbox's directory under the run dir.
-pub fn sandbox_dir(config: &Config, id: &str) -> PathBuf {
-    config.run_dir.join(id)
-}
+pub use super::sandbox_dir;
 
 impl HostSandbox {
     /// Spawns the agent for sandbox `id` and waits until it answers.
@@ -147,13 +144,7 @@ fn forward_log(id: String, name: &'static str, pipe: LogPipe) {
     });
 }
 
-fn kill(pid: u32, signal: libc::c_int) {
-    if pid == 0 {
-        return;
-    }
-    // SAFETY: kill(2) has no memory effects; a stale pid is at worst ESRCH.
-    unsafe { libc::kill(pid as libc::pid_t, signal) };
-}
+use super::signal as kill;
 
 #[async_trait]
 impl Sandbox for HostSandbox {
@@ -171,6 +162,10 @@ impl Sandbox for HostSandbox {
 
     fn alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
+    }
+
+    fn host_pids(&self) -> Vec<u32> {
+        vec![self.pid]
     }
 
     async fn prepare_rootfs(

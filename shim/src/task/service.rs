@@ -83,6 +83,7 @@ impl TaskService {
         &self,
         config: &Config,
         annotations: &HashMap<String, String>,
+        spec_json: &[u8],
     ) -> ttrpc::Result<Arc<dyn Sandbox>> {
         let isolation = config
             .isolation_for(annotations)
@@ -101,7 +102,7 @@ impl TaskService {
             }
             return Ok(sb.clone());
         }
-        let sb = sandbox::start(config, isolation, &self.inner.sandbox_id)
+        let sb = sandbox::start_for(config, isolation, &self.inner.sandbox_id, spec_json)
             .await
             .map_err(|e| status(Code::FAILED_PRECONDITION, e.to_string()))?;
         self.watch_oom(sb.clone());
@@ -136,7 +137,11 @@ impl TaskService {
         let config_path = req.options.as_ref().and_then(options::config_path);
         let config = Config::load(config_path.as_deref())
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
-        let sb = self.sandbox_for(&config, &annotations).await?;
+        let sb = self.sandbox_for(&config, &annotations, &spec_json).await?;
+        let (spec_json, files) = sb
+            .prepare_spec(&req.id, spec_json)
+            .await
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
 
         let rootfs = sb
             .prepare_rootfs(&req.id, &bundle, &req.rootfs)
@@ -152,6 +157,7 @@ impl TaskService {
         create.container_id.clone_from(&req.id);
         create.sandbox_id = sb.id().to_owned();
         create.spec_json = spec_json;
+        create.files = files;
         match rootfs {
             RootfsSource::Prepared(s) => create.rootfs = Some(s).into(),
             RootfsSource::Layers(l) => create.layers = l,
@@ -179,9 +185,7 @@ impl TaskService {
         };
         let _ = std::fs::write(
             bundle.join(SANDBOX_FILE),
-            sandbox::host::sandbox_dir(&config, sb.id())
-                .display()
-                .to_string(),
+            sandbox::sandbox_dir(&config, sb.id()).display().to_string(),
         );
         let mut init = Process::new(stdio);
         init.pid = created.pid;
@@ -696,13 +700,15 @@ impl Task for TaskService {
     }
 }
 
-/// What a dead agent left of container `id`: its processes and cgroup.
+/// What a dead host agent left of container `id`: its processes and cgroup. (A VM's
+/// containers died with it.)
 pub(super) async fn sweep_cgroup(inner: &Inner, id: &str) {
     let path = inner
         .containers
         .lock()
         .await
         .get(id)
+        .filter(|c| c.sandbox.isolation() == crate::config::Isolation::Shared)
         .map(|c| c.cgroup.clone());
     if let Some(path) = path {
         let left = tokio::task::spawn_blocking(move || crate::cgroups::kill_and_remove(&path))

@@ -148,30 +148,45 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
     unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) }
 }
 
-/// Loads the program for `rules`.
+/// Loads the program for `rules`. The verifier's log is only asked for when a load fails:
+/// a log that outgrows its buffer fails the load itself (ENOSPC), and a long rule list
+/// writes a long log.
 pub fn load(rules: &[LinuxDeviceCgroup]) -> Result<OwnedFd> {
     let insns = program(rules);
     let license = c"Apache-2.0";
-    let mut log = vec![0u8; 4096];
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
         ..ProgLoadAttr::default()
     };
     let fd = bpf(BPF_PROG_LOAD, &mut attr);
     if fd < 0 {
         let errno = nix::errno::Errno::last();
+        // Again, for the verifier's reasons.
+        let mut log = vec![0u8; 1 << 20];
+        attr.log_level = 1;
+        attr.log_size = log.len() as u32;
+        attr.log_buf = log.as_mut_ptr() as u64;
+        let retry = bpf(BPF_PROG_LOAD, &mut attr);
+        if retry >= 0 {
+            // SAFETY: the kernel returned a new descriptor that nothing else owns.
+            drop(unsafe { OwnedFd::from_raw_fd(retry as i32) });
+        }
         let verifier = String::from_utf8_lossy(&log);
+        let verifier = verifier.trim_end_matches('\0').trim();
+        // The end of the log says why.
+        let start = verifier.len().saturating_sub(2000);
+        let start = (start..verifier.len())
+            .find(|i| verifier.is_char_boundary(*i))
+            .unwrap_or(0);
+        let tail = &verifier[start..];
         return Err(Error::sys(
             format!(
                 "load cgroup device BPF program ({} insns): {}",
                 insns.len(),
-                verifier.trim_end_matches('\0').trim()
+                tail
             ),
             errno,
         ));
