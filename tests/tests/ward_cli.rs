@@ -418,6 +418,37 @@ fn ward_run_takes_an_oci_layout_directory() {
 }
 
 #[test]
+fn ward_run_t_gives_the_container_a_terminal_of_our_size() {
+    if !require(
+        "ward_run_t_gives_the_container_a_terminal_of_our_size",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let env = Env::new("tty");
+    // script(1) puts ward on a pty, as a user's shell would.
+    let inner = format!(
+        "stty rows 33 cols 101; WARD_CACHE={} {} run --config {} --name {} -t demo -- sh -c 'tty; stty size; exit 3'",
+        workspace_root()
+            .join("target/ward-tests/ward-cli-cache")
+            .display(),
+        ward().display(),
+        env.dir.path().join("config.toml").display(),
+        env.name
+    );
+    let out = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let text = stdout(&out);
+    assert_eq!(code(&out), 3, "{text} {}", stderr(&out));
+    assert!(text.contains("/dev/pts/0\r\n"), "{text:?}");
+    assert!(text.contains("33 101\r\n"), "{text:?}");
+    env.assert_nothing_left();
+}
+
+#[test]
 fn ward_help_lists_every_command() {
     let out = Command::new(ward()).arg("--help").output().unwrap();
     assert_eq!(code(&out), 0);
