@@ -464,7 +464,9 @@ impl Running {
 
     /// Removes the container (killing what still runs), unmounts its rootfs, removes the
     /// bundle and shuts the sandbox down. Problems are logged: teardown always finishes.
-    pub async fn teardown(self) {
+    pub async fn teardown(mut self) {
+        // The agent finishes a process's streams before it lets the container go.
+        drop((self.stdin.take(), self.stdout.take(), self.stderr.take()));
         let sb = &self.sandbox;
         if sb.alive() {
             let mut req = agent::RemoveContainerRequest::new();

@@ -70,11 +70,15 @@ pub fn rerun(args: &RunArgs, config: &Config) -> Result<i32, CliError> {
     })?;
     let mut cmd = vec![exe.display().to_string()];
     cmd.extend(argv(args, &loaded.path.display().to_string()));
-    let opts = ward_nest::Options {
+    let mut opts = ward_nest::Options {
         env: vec![(IN_NEST_ENV.into(), "1".into())],
         label: format!("ward-run-{}", std::process::id()),
         ..ward_nest::Options::default()
     };
+    // The config file may sit under a path the nested machine covers with a tmpfs.
+    if let Some(dir) = args.config.as_ref().and_then(|c| c.parent()) {
+        opts.visible.push(dir.to_owned());
+    }
     let out = ward_nest::run(&cmd, &opts).map_err(|e| CliError::Nest(e.to_string()))?;
     let _ = std::io::stdout().write_all(&out.stdout);
     let _ = std::io::stderr().write_all(&out.stderr);

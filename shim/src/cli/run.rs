@@ -125,7 +125,11 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     if args.detach {
         return detach(args, &config, &launch);
     }
-    runtime()?.block_on(foreground(&launch, &config))
+    let rt = runtime()?;
+    let code = rt.block_on(foreground(&launch, &config));
+    // The stdin copy blocks in a read of our stdin that only the user can end.
+    rt.shutdown_background();
+    code
 }
 
 /// A current-thread runtime: the agent's PR_SET_PDEATHSIG follows the thread that spawned

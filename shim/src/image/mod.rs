@@ -100,11 +100,45 @@ pub enum ImageError {
     Demo(String),
 }
 
-/// Builds (or finds, same bytes every time) the demo image archive in the cache.
+/// The demo image archive in the cache: built once, then found again through a small
+/// reference file keyed by ward's version and the identity of the busybox it was built
+/// from (building it costs a tar and a gzip of busybox, half a second here).
 pub fn demo_image() -> Result<PathBuf, ImageError> {
-    ward_rootfs::image::build(&ImageSpec::default())
-        .map(|b| b.path)
-        .map_err(|e| ImageError::Demo(e.to_string()))
+    let spec = ImageSpec::default();
+    let reference = demo_reference(&spec);
+    if let Some(path) = reference
+        .as_ref()
+        .and_then(|r| std::fs::read_to_string(r).ok())
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
+        return Ok(path);
+    }
+    let built = ward_rootfs::image::build(&spec).map_err(|e| ImageError::Demo(e.to_string()))?;
+    if let Some(r) = reference {
+        // Only a shortcut: without it the next run builds the same bytes again.
+        let _ = ward_rootfs::cache::write_atomic(&r, built.path.display().to_string().as_bytes());
+    }
+    Ok(built.path)
+}
+
+/// `<cache>/images/demo-<key>.ref`; `None` when busybox or the cache cannot be found.
+fn demo_reference(spec: &ImageSpec) -> Option<PathBuf> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&spec.busybox).ok()?;
+    let key = format!(
+        "{}:{}:{}:{}:{}:{}",
+        env!("CARGO_PKG_VERSION"),
+        spec.busybox.display(),
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime_nsec() + m.mtime() * 1_000_000_000
+    );
+    let hex = format!("{:x}", sha2::Sha256::digest(key.as_bytes()));
+    let dir = ward_rootfs::cache::subdir(None, "images").ok()?;
+    Some(dir.join(format!("demo-{}.ref", &hex[..16])))
 }
 
 /// The layer cache: `<cache>/images/layers`, `cache` defaulting to `$WARD_CACHE`.
