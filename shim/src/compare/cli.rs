@@ -31,6 +31,9 @@ pub struct CompareArgs {
     /// The exact modes to run (used for the nested run of vm mode).
     #[arg(long, hide = true, value_delimiter = ',', value_parser = parse_mode)]
     pub modes: Vec<Mode>,
+    /// The ward config file for ward's modes (default: /etc/ward/config.toml, if present).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// The image archive for ward's modes (used for the nested run, where the cache is
     /// read-only).
     #[arg(long, hide = true, value_name = "ARCHIVE")]
@@ -129,6 +132,7 @@ impl CompareArgs {
             svg: self.svg.clone(),
             modes: seen,
             image: self.image.clone(),
+            config: self.config.clone(),
         })
     }
 }

@@ -152,6 +152,8 @@ pub struct Options {
     pub modes: Vec<Mode>,
     /// The image archive ward's modes run (default: the demo image built with the workload).
     pub image: Option<PathBuf>,
+    /// The ward config file (default: `/etc/ward/config.toml`, or the built-in defaults).
+    pub config: Option<PathBuf>,
 }
 
 impl Options {
@@ -184,6 +186,8 @@ pub enum CompareError {
     },
     #[error("demo image rootfs: {0}")]
     Rootfs(String),
+    #[error("ward config: {0}")]
+    Config(String),
     #[error("nested harness: {0}")]
     Nested(String),
 }

@@ -3,13 +3,14 @@
 //! (`ward_nest`) and its JSON is merged here. Its times are emulated, so the report marks
 //! them and puts the shared mode measured in the same L1 next to them for a fair ratio.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::metrics::Report;
 use super::report::json;
 use super::rootfs::WORKLOAD_ENV;
 use super::{CompareError, Mode, Options};
+use crate::config::Config;
 use crate::image::ImageRef;
 
 /// Set inside the nested machine (as `ward run` does), so nothing there nests again.
@@ -41,15 +42,23 @@ pub fn inner_args(opts: &Options, image: &Path) -> Vec<String> {
     ]
 }
 
-/// Boots L1, runs the inner comparison of `image` and parses its report.
-pub fn run_vm(opts: &Options, image: &Path) -> Result<Report, CompareError> {
-    // The host's / (the cache included) is read-only in L1: unpack the image's layers here
-    // so the inner run only reads them.
+/// Boots L1, runs the inner comparison of `image` and parses its report. `config` is the
+/// host's ward config; what L1 needs of it is written to `scratch`.
+pub fn run_vm(
+    opts: &Options,
+    config: &Config,
+    image: &Path,
+    scratch: &Path,
+) -> Result<Report, CompareError> {
+    // The host's / (the cache included) is read-only in L1: unpack the image's layers and
+    // build the initrd here, so the inner run only reads them.
     crate::image::load(&ImageRef::Path(image.to_owned()), None)
         .map_err(|e| CompareError::Rootfs(e.to_string()))?;
+    let inner_config = write_inner_config(config, scratch)?;
     let exe = std::env::current_exe().map_err(|e| CompareError::io("finding ward's path", e))?;
     let mut cmd = vec![exe.display().to_string()];
     cmd.extend(inner_args(opts, image));
+    cmd.extend(["--config".to_owned(), inner_config.display().to_string()]);
     let mut env = vec![(IN_NEST_ENV.to_owned(), "1".to_owned())];
     if let Some(w) = std::env::var_os(WORKLOAD_ENV) {
         env.push((WORKLOAD_ENV.to_owned(), w.to_string_lossy().into_owned()));
@@ -57,8 +66,14 @@ pub fn run_vm(opts: &Options, image: &Path) -> Result<Report, CompareError> {
     let nest = ward_nest::Options {
         // Long: every instruction a guest kernel runs at CPL0 is emulated by TCG.
         timeout: Duration::from_secs(1800),
-        // The rootfs copy and bundles go to /var/tmp, read-only in L1 otherwise.
+        // The inner run's scratch (rootfs copy, bundles) goes to /var/tmp and its layer
+        // images to /var/lib (a tmpfs already): both read-only in L1 otherwise. Our own
+        // scratch dir (the config, the initrd) stays visible under the new /var/tmp.
         tmpfs: vec!["/var/tmp".into()],
+        visible: vec![
+            scratch.to_owned(),
+            std::env::current_dir().unwrap_or_else(|_| "/".into()),
+        ],
         label: format!("ward-compare-{}", std::process::id()),
         env,
         ..ward_nest::Options::default()
@@ -74,6 +89,94 @@ pub fn run_vm(opts: &Options, image: &Path) -> Result<Report, CompareError> {
         )));
     }
     json::parse(&out.stdout_str())
+}
+
+/// The ward config of the inner run: the host's `[vm]` settings, with the guest kernel and
+/// an initrd built here, and layer images in a tmpfs of L1.
+fn write_inner_config(config: &Config, scratch: &Path) -> Result<PathBuf, CompareError> {
+    let vm = &config.vm;
+    let kernel = vm
+        .kernel
+        .clone()
+        .unwrap_or_else(|| ward_nest::kernel_path(ward_nest::KernelKind::Guest));
+    if !kernel.is_file() {
+        return Err(CompareError::Nested(format!(
+            "guest kernel {} not found: build it with `guest-kernel/build.sh guest`",
+            kernel.display()
+        )));
+    }
+    let initrd = if let Some(p) = &vm.initrd {
+        p.clone()
+    } else {
+        let agent = static_agent(vm.guest_agent.as_deref())?;
+        ward_rootfs::initrd::build(&ward_rootfs::initrd::InitrdSpec {
+            agent,
+            output: Some(scratch.join("initrd.cpio.gz")),
+            cache_dir: None,
+        })
+        .map_err(|e| CompareError::Nested(format!("building the initrd: {e}")))?
+        .path
+    };
+    let q = |p: &Path| toml_string(&p.display().to_string());
+    let mut lines = Vec::new();
+    if let Some(agent) = &config.agent_path {
+        lines.push(format!("agent_path = {}", q(agent)));
+    }
+    lines.extend([
+        "[vm]".to_owned(),
+        format!("kernel = {}", q(&kernel)),
+        format!("initrd = {}", q(&initrd)),
+        "cache_dir = \"/var/lib/ward-cache\"".to_owned(),
+        format!("cpus = {}", vm.cpus),
+        format!("memory_mib = {}", vm.memory_mib),
+        format!("drive_slots = {}", vm.drive_slots),
+        // Booting under TCG is slower than on hardware.
+        format!("boot_timeout_secs = {}", vm.boot_timeout_secs.max(120)),
+        format!("kernel_args = {}", toml_string(&vm.kernel_args)),
+    ]);
+    if let Some(vmm) = &vm.vmm_path {
+        lines.push(format!("vmm_path = {}", q(vmm)));
+    }
+    let text = lines.join("\n") + "\n";
+    let path = scratch.join("ward-nested.toml");
+    std::fs::write(&path, text)
+        .map_err(|e| CompareError::io(format!("writing {}", path.display()), e))?;
+    Ok(path)
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The static `ward-agent` for the guest's initrd: the configured one, else beside ward or
+/// in the build tree's static targets (what `scripts/static-agent.sh` builds).
+fn static_agent(configured: Option<&Path>) -> Result<PathBuf, CompareError> {
+    if let Some(p) = configured {
+        return Ok(p.to_owned());
+    }
+    let exe = std::env::current_exe().map_err(|e| CompareError::io("finding ward's path", e))?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let mut candidates = vec![dir.join("ward-agent")];
+    if let Some(target) = dir.parent() {
+        for triple in ["x86_64-unknown-linux-musl", "x86_64-unknown-linux-gnu"] {
+            candidates.push(target.join(triple).join("release/ward-agent"));
+        }
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file() && ward_rootfs::elf::require_static(p).is_ok())
+        .cloned()
+        .ok_or_else(|| {
+            CompareError::Nested(format!(
+                "no static ward-agent for the guest initrd (looked at {}): build one with scripts/static-agent.sh",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
 }
 
 /// Takes vm from the nested report (times emulated) and its shared as the reference.
@@ -105,6 +208,35 @@ pub fn merge(report: &mut Report, inner: Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inner_config_keeps_the_vm_settings_and_moves_the_cache_to_a_tmpfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"k").unwrap();
+        let mut host = Config::default();
+        host.vm.kernel = Some(kernel.clone());
+        host.vm.initrd = Some(dir.path().join("initrd \"x\".gz"));
+        host.vm.memory_mib = 300;
+        let path = write_inner_config(&host, dir.path()).unwrap();
+        let inner = Config::load(Some(&path)).unwrap();
+        assert_eq!(inner.vm.kernel, Some(kernel));
+        assert_eq!(inner.vm.initrd, host.vm.initrd);
+        assert_eq!(inner.vm.memory_mib, 300);
+        assert_eq!(
+            inner.vm.cache_dir,
+            Some(PathBuf::from("/var/lib/ward-cache"))
+        );
+        assert!(inner.vm.boot_timeout_secs >= 120);
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_string(r#"a"b\c"#), r#""a\"b\\c""#);
+        let parsed: toml::Value =
+            toml::from_str(&format!("k = {}", toml_string(r#"a"b\c"#))).unwrap();
+        assert_eq!(parsed["k"].as_str(), Some(r#"a"b\c"#));
+    }
     use crate::compare::metrics::{self, ModeResult};
     use crate::compare::{Format, Workload};
 
@@ -117,6 +249,7 @@ mod tests {
             svg: None,
             modes: vec![Mode::Shared, Mode::Vm],
             image: None,
+            config: None,
         };
         assert_eq!(
             inner_args(&opts, Path::new("/c/demo.oci.tar")).join(" "),

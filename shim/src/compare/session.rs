@@ -51,13 +51,14 @@ pub fn run(opts: &Options, quiet: bool) -> Result<Report, CompareError> {
         Some(path) => path.clone(),
         None => rootfs::demo_archive()?,
     };
-    let config = Config::load(None).map_err(|e| CompareError::Rootfs(e.to_string()))?;
+    let config =
+        Config::load(opts.config.as_deref()).map_err(|e| CompareError::Config(e.to_string()))?;
 
     let host = HostRuntime::new(&root);
     for mode in &modes {
         if nest_vm && *mode == Mode::Vm {
             progress.step("vm: in the nested harness (takes minutes)");
-            match nested::run_vm(opts, &image) {
+            match nested::run_vm(opts, &config, &image, scratch.path()) {
                 Ok(inner) => nested::merge(&mut report, inner),
                 Err(e) => report.notes.push(format!("vm: {e}")),
             }
