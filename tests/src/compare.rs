@@ -24,7 +24,9 @@ fn cargo_build(args: &[&str]) {
     assert!(status.success(), "cargo build {args:?} failed");
 }
 
-/// The `ward` CLI (and the `ward-agent` beside it) of this workspace, built if needed.
+/// The `ward` CLI (and the `ward-agent` and `ward-vmm` beside it) of this workspace, built
+/// if needed. The vm mode also needs a static agent for its initrd
+/// (`scripts/static-agent.sh`) and the guest kernel.
 pub fn ward_binary() -> PathBuf {
     cargo_build(&[
         "-p",
@@ -35,6 +37,10 @@ pub fn ward_binary() -> PathBuf {
         "ward-agent",
         "--bin",
         "ward-agent",
+        "-p",
+        "ward-vmm",
+        "--bin",
+        "ward-vmm",
     ]);
     target_dir().join("debug/ward")
 }
@@ -49,6 +55,20 @@ pub fn workload_binary() -> PathBuf {
         "x86_64-unknown-linux-musl",
     ]);
     target_dir().join("x86_64-unknown-linux-musl/release/ward-workload")
+}
+
+/// The static `ward-agent` vm mode puts in its initrd (`scripts/static-agent.sh`), built if
+/// needed.
+pub fn static_agent() -> PathBuf {
+    let out = Command::new(workspace_root().join("scripts/static-agent.sh"))
+        .output()
+        .expect("running scripts/static-agent.sh");
+    assert!(
+        out.status.success(),
+        "static agent build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// `ward compare ARGS…` with the workload binary of this tree: the raw output, and the pid
@@ -74,6 +94,9 @@ pub fn run(args: &[&str]) -> (Output, u32) {
 /// added: the parsed report, the stderr text and the pid `ward compare` ran as. Panics, with
 /// stderr, when it fails.
 pub fn run_json(modes: &[&str], args: &[&str]) -> (serde_json::Value, String, u32) {
+    if modes.contains(&"vm") {
+        static_agent();
+    }
     let modes = modes.join(",");
     let mut all = vec!["--format", "json", "--modes", &modes];
     all.extend_from_slice(args);

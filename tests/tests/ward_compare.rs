@@ -1,8 +1,8 @@
 //! `ward compare` end to end in shared isolation with runc as the baseline (root): every
 //! metric present with its unit and a sane value, the isolation probes giving the expected
 //! answers, the SVG chart, nothing left behind, and bad flags refused with exit 2.
-//! The vm side needs `VmSandbox` (and, on PVM hosts, the nested harness): a `nest_` test
-//! calls `ward_tests::compare::run_json(&["vm", "shared"], …)`.
+//! The vm side (`nest_` test) goes through the nested harness on PVM hosts, as a user's
+//! `ward compare` does there.
 
 use std::path::Path;
 
@@ -219,4 +219,60 @@ fn compare_refuses_an_unknown_workload_with_exit_2_and_the_valid_list() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("unknown baseline \"docker\""), "{stderr}");
+}
+
+#[test]
+fn nest_compare_vm_sees_its_own_kernel_and_only_the_vmm_seccomp_surface() {
+    if !require(
+        "nest_compare_vm_sees_its_own_kernel_and_only_the_vmm_seccomp_surface",
+        &[Need::Root],
+    ) {
+        return;
+    }
+    let (report, stderr, _) = run_json(
+        &["vm", "shared"],
+        &["--runs", "1", "--workloads", "start,memory,probe"],
+    );
+    let text = serde_json::to_string_pretty(&report).unwrap();
+    let nested = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    if nested {
+        assert!(
+            stderr.contains("nested QEMU harness"),
+            "one line says so: {stderr}"
+        );
+        assert_eq!(report["emulated"]["vm"], true, "{text}");
+        assert!(report["nested_shared"].is_object(), "{text}");
+    }
+    let vm = &report["modes"]["vm"];
+    assert_eq!(vm["errors"], Value::Array(vec![]), "vm had errors: {text}");
+    for key in ["start_p50_ms", "teardown_p50_ms", "memory_idle_pss_mib"] {
+        assert!(vm[key].as_f64().unwrap_or(0.0) > 0.0, "vm.{key}: {text}");
+    }
+    let probe = &vm["probe"];
+    assert_ne!(
+        probe["kernel_release"].as_str(),
+        Some(host_kernel().as_str()),
+        "vm sees its own kernel: {text}"
+    );
+    assert_eq!(probe["hypervisor"], true, "{text}");
+    assert_eq!(probe["host_pid_visible"], false, "{text}");
+    let surface = vm["attack_surface_syscalls"].as_u64().unwrap();
+    let shared = report["modes"]["shared"]["attack_surface_syscalls"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        surface > 0 && surface < shared,
+        "the VMM's allow-list ({surface}) is smaller than the host kernel's reachable set ({shared}): {text}"
+    );
+    assert_eq!(
+        vm["guest_kernel_syscalls"], probe["syscalls_reachable"],
+        "{text}"
+    );
+    assert!(
+        report["vm_over_shared"]["start_p50_ms"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0,
+        "{text}"
+    );
 }

@@ -373,7 +373,9 @@ impl Ctx<'_> {
     /// the measurement moves both sides.
     fn neighbour(&mut self, out: &mut ModeResult) -> Result<(), CompareError> {
         let mut alone = vec![self.latency_p99()?];
+        out.set(m::LATENCY_ALONE, alone[0], 1);
         let max_procs = NEIGHBOUR_PIDS.to_string();
+        let mut failed = Vec::new();
         for (key, forkbomb) in [(m::NEIGHBOUR_FORKBOMB, true), (m::NEIGHBOUR_MEMHOG, false)] {
             let mut spec_b = if forkbomb {
                 let mut s = self.spec(&["forkbomb", "--seconds", NEIGHBOUR_SECONDS]);
@@ -400,28 +402,43 @@ impl Ctx<'_> {
                 s
             };
             spec_b.id.push_str("-b");
-            let mut b = self.rt.launch(&spec_b)?;
-            let b_out = drain(b.take_stdout());
-            let b_err = drain(b.take_stderr());
-            let with = self.latency_p99();
-            let _ = b.kill();
-            let _ = b.wait(RUN_LIMIT);
-            let torn = b.teardown();
-            drop((join(b_out), join(b_err)));
-            let with = with?;
-            torn?;
-            let after = self.latency_p99()?;
-            let before = alone[alone.len() - 1];
-            alone.push(after);
-            let base = f64::midpoint(before, after);
-            if base > 0.0 {
-                out.set(key, with / base, 1);
+            // One neighbour failing (its sandbox did not start) leaves the other to measure.
+            match self.next_to(&spec_b) {
+                Ok(with) => {
+                    let after = self.latency_p99()?;
+                    let before = alone[alone.len() - 1];
+                    alone.push(after);
+                    let base = f64::midpoint(before, after);
+                    if base > 0.0 {
+                        out.set(key, with / base, 1);
+                    }
+                }
+                Err(e) => failed.push(format!("{key}: {e}")),
             }
         }
         if let Some(v) = percentile(&alone, 50.0) {
             out.set(m::LATENCY_ALONE, v, alone.len());
         }
-        Ok(())
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(CompareError::launch(self.mode(), failed.join("; ")))
+        }
+    }
+
+    /// A's latency p99 while neighbour `spec_b` runs in its own sandbox.
+    fn next_to(&mut self, spec_b: &LaunchSpec) -> Result<f64, CompareError> {
+        let mut b = self.rt.launch(spec_b)?;
+        let b_out = drain(b.take_stdout());
+        let b_err = drain(b.take_stderr());
+        let with = self.latency_p99();
+        let _ = b.kill();
+        let _ = b.wait(RUN_LIMIT);
+        let torn = b.teardown();
+        drop((join(b_out), join(b_err)));
+        let with = with?;
+        torn?;
+        Ok(with)
     }
 
     /// One `latency` run: its wake-up lateness p99 in µs.

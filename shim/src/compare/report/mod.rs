@@ -7,7 +7,7 @@ pub mod svg;
 pub mod table;
 
 use crate::compare::Mode;
-use crate::compare::metrics::{Group, METRICS, ModeResult, Report};
+use crate::compare::metrics::{Group, METRICS, MetricDef, ModeResult, Report};
 
 /// One line of a text table.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +63,15 @@ pub fn number(v: f64) -> String {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+/// A metric's value as a table cell: counts as whole numbers.
+fn cell(m: &MetricDef, v: f64) -> String {
+    if m.unit == "syscalls" {
+        format!("{v:.0}")
+    } else {
+        number(v)
     }
 }
 
@@ -146,7 +155,7 @@ pub fn rows(r: &Report) -> Vec<Row> {
     for m in METRICS.iter().filter(|m| m.group == Group::Isolation) {
         let cells: Vec<String> = results
             .iter()
-            .map(|(_, res)| res.get(m.key).map_or_else(|| "-".into(), number))
+            .map(|(_, res)| res.get(m.key).map_or_else(|| "-".into(), |v| cell(m, v)))
             .chain(ratio.then(String::new))
             .collect();
         if cells.iter().any(|c| c != "-" && !c.is_empty()) {
