@@ -3,6 +3,7 @@
 
 pub mod cgroups;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod image;
 pub mod options;

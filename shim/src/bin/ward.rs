@@ -30,6 +30,8 @@ enum Command {
     Stop(manage::StopArgs),
     /// Remove a stopped detached container.
     Rm(manage::RmArgs),
+    /// Run the same workloads in vm and shared isolation (and runc/crun) and compare.
+    Compare(ward_shim::compare::cli::CompareArgs),
     /// The supervisor of a detached container (internal).
     #[command(name = cli::SUPERVISE_ARG, hide = true)]
     Supervise { dir: PathBuf },
@@ -40,9 +42,21 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
+            // `ward compare` reports bad flags with 2, like most tools; `run` with docker's 125.
+            let compare = std::env::args().nth(1).is_some_and(|a| a == "compare");
+            let code = if !e.use_stderr() {
+                0
+            } else if compare {
+                2
+            } else {
+                125
+            };
+            return ExitCode::from(code);
         }
     };
+    if let Command::Compare(a) = &cli.command {
+        return ward_shim::compare::cli::run(a);
+    }
     let is_run = matches!(cli.command, Command::Run(_));
     let result: Result<i32, CliError> = match &cli.command {
         Command::Run(a) => run::run(a),
@@ -51,6 +65,7 @@ fn main() -> ExitCode {
         Command::Stop(a) => manage::stop(a),
         Command::Rm(a) => manage::rm(a),
         Command::Supervise { dir } => cli::supervise::supervise(dir),
+        Command::Compare(_) => unreachable!("handled above"),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
