@@ -152,8 +152,11 @@ fn ward_run_exit_codes_and_stderr_propagate() {
 }
 
 #[test]
-fn ward_run_applies_env_binds_memory_and_cpus() {
-    if !require("ward_run_applies_env_binds_memory_and_cpus", &[Need::Root]) {
+fn ward_run_applies_env_binds_memory_cpus_and_pids() {
+    if !require(
+        "ward_run_applies_env_binds_memory_cpus_and_pids",
+        &[Need::Root],
+    ) {
         return;
     }
     let env = Env::new("flags");
@@ -165,7 +168,8 @@ fn ward_run_applies_env_binds_memory_and_cpus() {
     // hierarchy (v1 here; v2 names them memory.max and cpu.max).
     let script = "echo $GREETING; cat /mnt/f; touch /mnt/new 2>/dev/null || echo read-only; \
                   cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; \
-                  cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/cpu.max";
+                  cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/cpu.max; \
+                  cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max";
     let out = env.run(&[
         "-e",
         "GREETING=hello",
@@ -175,6 +179,8 @@ fn ward_run_applies_env_binds_memory_and_cpus() {
         "16m",
         "--cpus",
         "0.5",
+        "--pids-limit",
+        "32",
         "demo",
         "--",
         "sh",
@@ -197,6 +203,7 @@ fn ward_run_applies_env_binds_memory_and_cpus() {
         lines[4] == "50000" || lines[4] == "50000 100000",
         "cpu quota: {lines:?}"
     );
+    assert_eq!(lines[5], "32", "pids limit: {lines:?}");
     assert!(!share.join("new").exists());
     env.assert_nothing_left();
 }

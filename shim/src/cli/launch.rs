@@ -44,6 +44,8 @@ pub struct Launch {
     pub cpus: Option<f64>,
     /// Memory limit in bytes.
     pub memory: Option<u64>,
+    /// Most processes (and threads) the container may have.
+    pub pids: Option<i64>,
     pub binds: Vec<Bind>,
     /// A pseudo-terminal as the process's stdio (stdout and stderr both on it).
     pub tty: bool,
@@ -62,6 +64,7 @@ impl Launch {
             env: Vec::new(),
             cpus: None,
             memory: None,
+            pids: None,
             binds: Vec::new(),
             tty: false,
             stdin: false,

@@ -32,6 +32,7 @@ fn argv(args: &RunArgs, image: &str) -> Vec<String> {
     };
     opt("--cpus", &args.cpus);
     opt("--memory", &args.memory);
+    opt("--pids-limit", &args.pids_limit);
     opt("--name", &args.name);
     opt(
         "--config",

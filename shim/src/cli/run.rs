@@ -10,7 +10,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinHandle;
 
 use super::launch::{Launch, Running, launch, random_id, validate_id};
-use super::spec::{Bind, parse_cpus, parse_memory};
+use super::spec::{Bind, parse_cpus, parse_memory, parse_pids};
 use super::state::{self, State, Status};
 use super::{CliError, SUPERVISE_ARG, nest, tty};
 use crate::config::{Config, Isolation};
@@ -35,6 +35,9 @@ pub struct RunArgs {
     /// Memory limit: bytes, or with a unit: 64m, 1g.
     #[arg(long, short = 'm')]
     pub memory: Option<String>,
+    /// Most processes the container may have (its pids cgroup limit).
+    #[arg(long)]
+    pub pids_limit: Option<String>,
     /// Remove the container's state when it exits (detached containers).
     #[arg(long)]
     pub rm: bool,
@@ -99,6 +102,7 @@ pub fn prepare(args: &RunArgs) -> Result<(Config, Launch), CliError> {
     launch.env.clone_from(&args.env);
     launch.cpus = args.cpus.as_deref().map(parse_cpus).transpose()?;
     launch.memory = args.memory.as_deref().map(parse_memory).transpose()?;
+    launch.pids = args.pids_limit.as_deref().map(parse_pids).transpose()?;
     launch.binds = args
         .volumes
         .iter()

@@ -106,6 +106,18 @@ pub fn parse_memory(s: &str) -> Result<u64, LaunchError> {
 }
 
 /// `0.5`, `2`: a positive number of CPUs.
+/// `--pids-limit`: a positive number of processes.
+pub fn parse_pids(s: &str) -> Result<i64, LaunchError> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(LaunchError::Invalid {
+            what: "process limit (--pids-limit)",
+            value: s.to_owned(),
+            why: "want a whole number above 0".to_owned(),
+        }),
+    }
+}
+
 pub fn parse_cpus(s: &str) -> Result<f64, LaunchError> {
     let bad = |why: &str| LaunchError::Invalid {
         what: "CPU limit (--cpus)",
@@ -248,6 +260,9 @@ pub fn runtime_spec(launch: &Launch, image: &Image) -> Result<Value, LaunchError
     if let Some(bytes) = launch.memory {
         resources["memory"] = json!({ "limit": bytes });
     }
+    if let Some(max) = launch.pids {
+        resources["pids"] = json!({ "limit": max });
+    }
     if let Some(cpus) = launch.cpus {
         resources["cpu"] = json!({
             "quota": (cpus * CPU_PERIOD_US as f64).round() as i64,
@@ -287,6 +302,15 @@ fn hostname(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pids_limits_are_positive_whole_numbers() {
+        assert_eq!(parse_pids("64").unwrap(), 64);
+        for bad in ["0", "-1", "1.5", "many"] {
+            let err = parse_pids(bad).unwrap_err().to_string();
+            assert!(err.contains("--pids-limit") && err.contains(bad), "{err}");
+        }
+    }
 
     #[test]
     fn memory_sizes_parse_and_zero_or_garbage_do_not() {

@@ -52,19 +52,17 @@ impl Runtime for WardRuntime {
     }
 
     fn supports_pids_limit(&self) -> bool {
-        false
+        true
     }
 
     fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn Instance>, CompareError> {
         let mut l = Launch::new(&spec.id, self.image.clone(), self.isolation);
         l.args = spec.argv();
         l.memory = spec.limits.memory_bytes;
-        if spec.limits.pids.is_some() {
-            return Err(CompareError::launch(
-                self.mode,
-                "the launch library cannot set a pids limit yet (Launch has no pids field)",
-            ));
-        }
+        l.pids = spec
+            .limits
+            .pids
+            .map(|p| i64::try_from(p).unwrap_or(i64::MAX));
         let running = self
             .rt
             .block_on(launch::launch(&l, &self.config))
