@@ -135,6 +135,11 @@ fn ward_run_demo_echo_hi_prints_hi_and_exits_0() {
     let out = env.run(&["--isolation", "shared", "demo", "--", "echo", "hi"]);
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "hi\n");
+    // The built-in image carries the benchmark binary `ward compare` runs.
+    ward_tests::guest::static_binary("ward-workload");
+    let out = env.run(&["demo", "--", "ward-workload", "ready"]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "ready\n");
     env.assert_nothing_left();
 }
 

@@ -100,11 +100,15 @@ pub enum ImageError {
     Demo(String),
 }
 
-/// The demo image archive in the cache: built once, then found again through a small
-/// reference file keyed by ward's version and the identity of the busybox it was built
-/// from (building it costs a tar and a gzip of busybox, half a second here).
+/// The demo image archive in the cache: busybox plus the static `ward-workload` (when one
+/// is built: `scripts/static-bin.sh ward-workload`), built once, then found again through
+/// a small reference file keyed by ward's version and the identity of the files it was
+/// built from (building it costs a tar and a gzip, half a second here).
 pub fn demo_image() -> Result<PathBuf, ImageError> {
-    let spec = ImageSpec::default();
+    let spec = ward_rootfs::demo::find_static_workload().map_or_else(
+        |_| ImageSpec::default(),
+        |w| ward_rootfs::demo::demo_spec(&w),
+    );
     let reference = demo_reference(&spec);
     if let Some(path) = reference
         .as_ref()
@@ -125,17 +129,32 @@ pub fn demo_image() -> Result<PathBuf, ImageError> {
 /// `<cache>/images/demo-<key>.ref`; `None` when busybox or the cache cannot be found.
 fn demo_reference(spec: &ImageSpec) -> Option<PathBuf> {
     use sha2::Digest;
+    use std::fmt::Write as _;
     use std::os::unix::fs::MetadataExt;
+    let mut key = String::new();
+    for add in &spec.adds {
+        let m = std::fs::metadata(&add.src).ok()?;
+        let _ = write!(
+            key,
+            "{}:{}:{}:{}:{};",
+            add.src.display(),
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime_nsec() + m.mtime() * 1_000_000_000
+        );
+    }
     let m = std::fs::metadata(&spec.busybox).ok()?;
-    let key = format!(
-        "{}:{}:{}:{}:{}:{}",
-        env!("CARGO_PKG_VERSION"),
-        spec.busybox.display(),
-        m.dev(),
-        m.ino(),
-        m.len(),
-        m.mtime_nsec() + m.mtime() * 1_000_000_000
-    );
+    let key = key
+        + &format!(
+            "{}:{}:{}:{}:{}:{}",
+            env!("CARGO_PKG_VERSION"),
+            spec.busybox.display(),
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime_nsec() + m.mtime() * 1_000_000_000
+        );
     let hex = format!("{:x}", sha2::Sha256::digest(key.as_bytes()));
     let dir = ward_rootfs::cache::subdir(None, "images").ok()?;
     Some(dir.join(format!("demo-{}.ref", &hex[..16])))
