@@ -107,7 +107,7 @@ impl VmSandbox {
                     id: id.to_owned(),
                     waited: started.elapsed(),
                     why,
-                    console: vmm.console_tail(),
+                    console: vmm.final_console_tail().await,
                 });
             }
         };

@@ -18,8 +18,10 @@ use super::boot::{BootFiles, Sizing};
 
 /// The kernel command line of every guest: the agent is init and needs nothing else. `quiet`
 /// keeps boot messages (each one a trip through the emulated UART) off the console; a
-/// panic is still printed, and `panic=-1` turns it into a VMM exit.
-const CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off nomodule \
+/// panic is still printed, and `panic=-1` turns it into a VMM exit. `no_timer_check`: a
+/// vCPU starved by a busy host can miss the ticks the IO-APIC timer check counts, and the
+/// guest then panics at boot, as other microVM runtimes know; the check is for hardware.
+const CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=-1 pci=off nomodule no_timer_check \
      i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 /// The guest's vsock context id; the hybrid scheme makes it private to the VM.
 const GUEST_CID: u64 = 3;
@@ -57,6 +59,8 @@ pub struct Vmm {
     pub vsock_uds: PathBuf,
     exit: watch::Receiver<Option<VmmExit>>,
     console: Arc<Mutex<VecDeque<String>>>,
+    /// `true` once the console pipe reached its end (everything the guest printed is in).
+    console_closed: watch::Receiver<bool>,
     cgroups: Vec<PathBuf>,
 }
 
@@ -155,6 +159,7 @@ impl Vmm {
         }
 
         let console = Arc::new(Mutex::new(VecDeque::new()));
+        let (console_tx, console_closed) = watch::channel(false);
         if let Some(out) = child.stdout.take() {
             let (id, console) = (id.to_owned(), console.clone());
             tokio::spawn(async move {
@@ -167,6 +172,7 @@ impl Vmm {
                     }
                     tail.push_back(line);
                 }
+                let _ = console_tx.send(true);
             });
         }
         if let Some(err) = child.stderr.take() {
@@ -202,6 +208,7 @@ impl Vmm {
             vsock_uds,
             exit,
             console,
+            console_closed,
             cgroups,
         })
     }
@@ -216,6 +223,15 @@ impl Vmm {
         let mut rx = self.exit.clone();
         let got = rx.wait_for(Option::is_some).await.map(|v| *v);
         got.ok().flatten().unwrap_or(VmmExit::Signal(0))
+    }
+
+    /// The last lines the guest printed, for error messages, once the console has been
+    /// read to its end (the VMM's exit can be seen before its last output is).
+    pub async fn final_console_tail(&self) -> String {
+        let mut closed = self.console_closed.clone();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), closed.wait_for(|c| *c)).await;
+        self.console_tail()
     }
 
     /// The last lines the guest printed, for error messages.
