@@ -64,7 +64,8 @@ type Output = Box<dyn AsyncWrite + Unpin + Send>;
 /// The running copies of one process's stdio.
 #[derive(Debug, Default)]
 pub struct ProcessIo {
-    stdin: Option<JoinHandle<()>>,
+    /// The stdin copy, and how CloseIO tells it to finish.
+    stdin: Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
     outputs: Vec<JoinHandle<()>>,
     logger: Option<JoinHandle<()>>,
 }
@@ -128,26 +129,19 @@ impl ProcessIo {
             }));
         }
         if wanted.stdin {
-            let mut to = open(StreamKind::Stdin).await?;
+            let to = open(StreamKind::Stdin).await?;
             let path = stdio.stdin.clone();
-            io.stdin = Some(tokio::spawn(async move {
-                match open_input(path.clone()).await {
-                    Ok(mut from) => {
-                        let _ = tokio::io::copy(&mut from, &mut to).await;
-                    }
-                    Err(e) => log::warn!("stdin {path}: {e}"),
-                }
-                // Dropping the stream is EOF for the process.
-                let _ = to.shutdown().await;
-            }));
+            let (close, closed) = tokio::sync::oneshot::channel();
+            io.stdin = Some((tokio::spawn(copy_stdin(path, to, closed)), close));
         }
         Ok(io)
     }
 
-    /// EOF on the process's stdin (CloseIO): the stream to the agent is dropped.
+    /// EOF on the process's stdin (CloseIO): what the writer already put in the FIFO is
+    /// still delivered, then the stream to the agent is closed.
     pub fn close_stdin(&mut self) {
-        if let Some(t) = self.stdin.take() {
-            t.abort();
+        if let Some((_, close)) = self.stdin.take() {
+            let _ = close.send(());
         }
     }
 
@@ -173,6 +167,67 @@ impl ProcessIo {
     pub fn abort(&mut self) {
         self.close_stdin();
         self.outputs.drain(..).for_each(|t| t.abort());
+    }
+}
+
+/// Copies the stdin FIFO at `path` to the agent's stream until the writer closes it or
+/// CloseIO (`closed`) says no more is coming. ctr writes its input and then sends CloseIO,
+/// so at CloseIO the input may still sit in the FIFO: it is drained first.
+async fn copy_stdin(
+    path: String,
+    mut to: impl AsyncWrite + Unpin,
+    mut closed: tokio::sync::oneshot::Receiver<()>,
+) {
+    let opened = tokio::select! {
+        r = open_input(path.clone()) => Some(r),
+        _ = &mut closed => None,
+    };
+    if let Some(opened) = opened {
+        match opened {
+            Ok(from) => {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    tokio::select! {
+                        r = from.readable() => {
+                            if r.is_err() || forward(&from, &mut to, &mut buf).await == Forwarded::Done {
+                                break;
+                            }
+                        }
+                        _ = &mut closed => {
+                            while forward(&from, &mut to, &mut buf).await == Forwarded::Data {}
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => log::warn!("stdin {path}: {e}"),
+        }
+    }
+    // Closing the stream is EOF for the process.
+    let _ = to.shutdown().await;
+}
+
+/// What one [`forward`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Forwarded {
+    Data,
+    /// Nothing ready now.
+    Empty,
+    /// The writer closed the FIFO, or a side failed: no more input.
+    Done,
+}
+
+/// Moves what `from` has ready to `to`.
+async fn forward(
+    from: &pipe::Receiver,
+    to: &mut (impl AsyncWrite + Unpin),
+    buf: &mut [u8],
+) -> Forwarded {
+    match from.try_read(buf) {
+        Ok(0) => Forwarded::Done,
+        Ok(n) if to.write_all(&buf[..n]).await.is_ok() => Forwarded::Data,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Forwarded::Empty,
+        _ => Forwarded::Done,
     }
 }
 

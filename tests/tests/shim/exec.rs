@@ -44,6 +44,15 @@ pub fn exec_with_and_without_tty_and_as_another_user(iso: Iso) {
     );
     assert!(out.status.success(), "{}", describe(&ctrd, &out));
     assert_eq!(text(&out.stdout), "piped in\ndone\n");
+    // More than a pipe holds: every byte arrives before the EOF.
+    let big = vec![b'x'; 1 << 20];
+    let out = ctr_with_stdin(
+        &ctrd,
+        &["task", "exec", "--exec-id", "big", "ex", "wc", "-c"],
+        &big,
+    );
+    assert!(out.status.success(), "{}", describe(&ctrd, &out));
+    assert_eq!(text(&out.stdout).trim(), "1048576");
 
     let out = ctrd.ctr(&[
         "task",
