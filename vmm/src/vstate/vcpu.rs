@@ -182,8 +182,15 @@ impl Vcpu {
                 None
             }
             VcpuExit::Intr => None,
-            // A triple fault: how `reboot=t` (and a broken guest) resets a PC.
-            VcpuExit::Shutdown => Some(VcpuEvent::Reset),
+            // A triple fault: how `reboot=t` (and a broken guest) resets a PC. Said on stderr,
+            // since it looks like any other reset from outside.
+            VcpuExit::Shutdown => {
+                eprintln!(
+                    "ward-vmm: vcpu {}: triple fault (KVM_EXIT_SHUTDOWN)",
+                    self.id
+                );
+                Some(VcpuEvent::Reset)
+            }
             VcpuExit::Hlt => Some(VcpuEvent::Shutdown),
             VcpuExit::SystemEvent(kind, _) => Some(match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuEvent::Shutdown,

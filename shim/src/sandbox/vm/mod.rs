@@ -70,49 +70,27 @@ impl VmSandbox {
         std::fs::create_dir_all(&dir).map_err(|e| state_err(&dir, e))?;
         let size = sizing(config, spec_json);
         let slots = config.vm.drive_slots.min(16);
-        let vmm =
-            Vmm::spawn(id, &dir, &boot, size, slots, &config.vm.kernel_args).map_err(|source| {
-                let _ = std::fs::remove_dir_all(&dir);
-                SandboxError::SpawnVmm {
-                    id: id.to_owned(),
-                    binary: boot.vmm.clone(),
-                    source,
-                }
-            })?;
-        log::info!(
-            "sandbox {id}: ward-vmm pid {} booting {} ({} vCPU, {} MiB)",
-            vmm.pid,
-            boot.kernel.display(),
-            size.vcpus,
-            size.mem_mib
-        );
-
-        let wait = Duration::from_secs(config.vm.boot_timeout_secs.max(1));
         let started = Instant::now();
-        let endpoint = AgentEndpoint::HybridVsock {
-            uds: vmm.vsock_uds.clone(),
-        };
-        let connected = tokio::select! {
-            r = AgentClient::connect(endpoint, wait) => r.map_err(|e| e.to_string()),
-            how = vmm.wait() => Err(format!("ward-vmm {how} before the agent answered")),
-        };
-        let agent = match connected {
-            Ok(agent) => agent,
-            Err(why) => {
-                vmm.kill();
-                vmm.wait().await;
-                vmm.remove_cgroups();
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(SandboxError::VmBoot {
-                    id: id.to_owned(),
-                    waited: started.elapsed(),
-                    why,
-                    console: vmm.final_console_tail().await,
-                });
+        // A guest that resets before its agent answers is booted once more: under nested
+        // KVM (ward's own CI) a guest now and then resets early, its agent already running,
+        // without a word on its console; a broken setup fails twice, and the second error is
+        // the one reported.
+        let mut attempt = 1;
+        let (vmm, agent) = loop {
+            match boot_vm(config, id, &dir, &boot, size, slots).await {
+                Ok(booted) => break booted,
+                Err(BootFailure::Reset(e)) if attempt == 1 => {
+                    log::warn!("sandbox {id}: {e}; booting the VM once more");
+                    attempt += 1;
+                }
+                Err(BootFailure::Reset(e) | BootFailure::Other(e)) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
             }
         };
         log::info!(
-            "sandbox {id}: agent answered over vsock after {} ms",
+            "sandbox {id}: agent answered over vsock {} ms after the first VMM start",
             started.elapsed().as_millis()
         );
         Ok(Self {
@@ -182,6 +160,67 @@ impl VmSandbox {
         image.fs.name().clone_into(&mut storage.fstype);
         storage.options = vec!["ro".to_owned()];
         Ok(storage)
+    }
+}
+
+/// Why a VM did not come up.
+enum BootFailure {
+    /// The VMM ended (the guest reset or died) before the agent answered.
+    Reset(SandboxError),
+    Other(SandboxError),
+}
+
+/// Starts ward-vmm in `dir` and waits until the agent answers on vsock; on failure the VMM
+/// is gone and its cgroups removed (the directory stays for the caller).
+async fn boot_vm(
+    config: &Config,
+    id: &str,
+    dir: &Path,
+    boot: &boot::BootFiles,
+    size: Sizing,
+    slots: u8,
+) -> Result<(Vmm, AgentClient), BootFailure> {
+    let vmm = Vmm::spawn(id, dir, boot, size, slots, &config.vm.kernel_args).map_err(|source| {
+        BootFailure::Other(SandboxError::SpawnVmm {
+            id: id.to_owned(),
+            binary: boot.vmm.clone(),
+            source,
+        })
+    })?;
+    log::info!(
+        "sandbox {id}: ward-vmm pid {} booting {} ({} vCPU, {} MiB)",
+        vmm.pid,
+        boot.kernel.display(),
+        size.vcpus,
+        size.mem_mib
+    );
+    let wait = Duration::from_secs(config.vm.boot_timeout_secs.max(1));
+    let started = Instant::now();
+    let endpoint = AgentEndpoint::HybridVsock {
+        uds: vmm.vsock_uds.clone(),
+    };
+    let connected = tokio::select! {
+        r = AgentClient::connect(endpoint, wait) => r.map_err(|e| (false, e.to_string())),
+        how = vmm.wait() => Err((true, format!("ward-vmm {how} before the agent answered"))),
+    };
+    match connected {
+        Ok(agent) => Ok((vmm, agent)),
+        Err((reset, why)) => {
+            vmm.kill();
+            vmm.wait().await;
+            vmm.remove_cgroups();
+            let e = SandboxError::VmBoot {
+                id: id.to_owned(),
+                waited: started.elapsed(),
+                why,
+                console: vmm.final_console_tail().await,
+            };
+            Err(if reset {
+                BootFailure::Reset(e)
+            } else {
+                BootFailure::Other(e)
+            })
+        }
     }
 }
 
