@@ -12,7 +12,7 @@ use crate::config::DEFAULT_CONFIG_PATH;
 use crate::image::{self, ImageRef};
 
 /// Set inside the nested machine, so the inner `ward run` does not nest again.
-const IN_NEST_ENV: &str = "WARD_IN_NEST";
+pub const IN_NEST_ENV: &str = "WARD_IN_NEST";
 
 pub const NOTICE: &str = "ward: this host's KVM cannot boot Linux (PVM); running the VM inside the nested harness (times are emulated)";
 

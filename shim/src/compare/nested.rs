@@ -13,16 +13,13 @@ use super::{CompareError, Mode, Options};
 use crate::config::Config;
 use crate::image::ImageRef;
 
-/// Set inside the nested machine (as `ward run` does), so nothing there nests again.
-const IN_NEST_ENV: &str = "WARD_IN_NEST";
+use crate::cli::nest::IN_NEST_ENV;
 
 /// The one stderr line saying where vm runs.
 pub const NOTICE: &str = "this host's KVM (kvm_pvm) cannot boot Linux: the vm mode runs inside the nested QEMU harness; its times are emulated (compare vm/shared, both measured there)";
 
-/// Whether vm mode must run nested here.
-pub fn needed() -> bool {
-    ward_nest::host_kvm_is_pvm() && std::env::var_os(IN_NEST_ENV).is_none()
-}
+/// Whether vm mode must run nested here (as for `ward run`).
+pub use crate::cli::nest::needed;
 
 /// The arguments of the inner `ward compare`, running the image archive `image`.
 pub fn inner_args(opts: &Options, image: &Path) -> Vec<String> {
@@ -68,7 +65,7 @@ pub fn run_vm(
         timeout: Duration::from_secs(1800),
         // The inner run's scratch (rootfs copy, bundles) goes to /var/tmp and its layer
         // images to /var/lib (a tmpfs already): both read-only in L1 otherwise. Our own
-        // scratch dir (the config, the initrd) stays visible under the new /var/tmp.
+        // scratch dir (the config) stays visible under the new /var/tmp.
         tmpfs: vec!["/var/tmp".into()],
         visible: vec![
             scratch.to_owned(),
@@ -95,28 +92,11 @@ pub fn run_vm(
 /// an initrd built here, and layer images in a tmpfs of L1.
 fn write_inner_config(config: &Config, scratch: &Path) -> Result<PathBuf, CompareError> {
     let vm = &config.vm;
-    let kernel = vm
-        .kernel
-        .clone()
-        .unwrap_or_else(|| ward_nest::kernel_path(ward_nest::KernelKind::Guest));
-    if !kernel.is_file() {
-        return Err(CompareError::Nested(format!(
-            "guest kernel {} not found: build it with `guest-kernel/build.sh guest`",
-            kernel.display()
-        )));
-    }
-    let initrd = if let Some(p) = &vm.initrd {
-        p.clone()
-    } else {
-        let agent = static_agent(vm.guest_agent.as_deref())?;
-        ward_rootfs::initrd::build(&ward_rootfs::initrd::InitrdSpec {
-            agent,
-            output: Some(scratch.join("initrd.cpio.gz")),
-            cache_dir: None,
-        })
-        .map_err(|e| CompareError::Nested(format!("building the initrd: {e}")))?
-        .path
-    };
+    // What the shim itself would boot: resolved (and the initrd built) here, where the
+    // cache is writable; L1 only reads them.
+    let nested = |e: crate::sandbox::vm::BootError| CompareError::Nested(e.to_string());
+    let kernel = crate::sandbox::vm::guest_kernel(config).map_err(nested)?;
+    let initrd = crate::sandbox::vm::guest_initrd(config).map_err(nested)?;
     let q = |p: &Path| toml_string(&p.display().to_string());
     let mut lines = Vec::new();
     if let Some(agent) = &config.agent_path {
@@ -147,36 +127,6 @@ fn write_inner_config(config: &Config, scratch: &Path) -> Result<PathBuf, Compar
 /// A TOML basic string.
 fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// The static `ward-agent` for the guest's initrd: the configured one, else beside ward or
-/// in the build tree's static targets (what `scripts/static-agent.sh` builds).
-fn static_agent(configured: Option<&Path>) -> Result<PathBuf, CompareError> {
-    if let Some(p) = configured {
-        return Ok(p.to_owned());
-    }
-    let exe = std::env::current_exe().map_err(|e| CompareError::io("finding ward's path", e))?;
-    let dir = exe.parent().unwrap_or(Path::new("/"));
-    let mut candidates = vec![dir.join("ward-agent")];
-    if let Some(target) = dir.parent() {
-        for triple in ["x86_64-unknown-linux-musl", "x86_64-unknown-linux-gnu"] {
-            candidates.push(target.join(triple).join("release/ward-agent"));
-        }
-    }
-    candidates
-        .iter()
-        .find(|p| p.is_file() && ward_rootfs::elf::require_static(p).is_ok())
-        .cloned()
-        .ok_or_else(|| {
-            CompareError::Nested(format!(
-                "no static ward-agent for the guest initrd (looked at {}): build one with scripts/static-agent.sh",
-                candidates
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })
 }
 
 /// Takes vm from the nested report (times emulated) and its shared as the reference.
@@ -216,7 +166,9 @@ mod tests {
         std::fs::write(&kernel, b"k").unwrap();
         let mut host = Config::default();
         host.vm.kernel = Some(kernel.clone());
-        host.vm.initrd = Some(dir.path().join("initrd \"x\".gz"));
+        let initrd = dir.path().join("initrd \"x\".gz");
+        std::fs::write(&initrd, b"i").unwrap();
+        host.vm.initrd = Some(initrd);
         host.vm.memory_mib = 300;
         let path = write_inner_config(&host, dir.path()).unwrap();
         let inner = Config::load(Some(&path)).unwrap();

@@ -59,32 +59,43 @@ pub fn boot_files(config: &Config) -> Result<BootFiles, BootError> {
     if !vmm.is_file() {
         return Err(BootError::NoVmm(vmm));
     }
+    Ok(BootFiles {
+        vmm,
+        kernel: guest_kernel(config)?,
+        initrd: guest_initrd(config)?,
+    })
+}
+
+/// The guest kernel: the configured one, else the one `guest-kernel/build.sh guest` put in
+/// the cache for this version of ward.
+pub fn guest_kernel(config: &Config) -> Result<PathBuf, BootError> {
     let kernel = config
         .vm
         .kernel
         .clone()
         .unwrap_or_else(|| ward_nest::kernel_path(ward_nest::KernelKind::Guest));
-    if !kernel.is_file() {
-        return Err(BootError::NoKernel(kernel));
+    if kernel.is_file() {
+        Ok(kernel)
+    } else {
+        Err(BootError::NoKernel(kernel))
     }
-    let initrd = match &config.vm.initrd {
-        Some(p) if p.is_file() => p.clone(),
-        Some(p) => return Err(BootError::NoInitrd(p.clone())),
-        None => {
-            let agent = static_agent(config)?;
+}
+
+/// The guest initrd: the configured one, else built (once, cached) around the static agent.
+/// Blocking.
+pub fn guest_initrd(config: &Config) -> Result<PathBuf, BootError> {
+    match &config.vm.initrd {
+        Some(p) if p.is_file() => Ok(p.clone()),
+        Some(p) => Err(BootError::NoInitrd(p.clone())),
+        None => Ok(
             ward_rootfs::initrd::build(&ward_rootfs::initrd::InitrdSpec {
-                agent,
+                agent: static_agent(config)?,
                 output: None,
                 cache_dir: config.vm.cache_dir.clone(),
             })?
-            .path
-        }
-    };
-    Ok(BootFiles {
-        vmm,
-        kernel,
-        initrd,
-    })
+            .path,
+        ),
+    }
 }
 
 /// The static agent: the configured one, else the first static `ward-agent` beside the

@@ -18,7 +18,7 @@ use ward_agent::client::{AgentClient, AgentEndpoint};
 use ward_agent::protocol::agent::{FileCopy, ShutdownRequest, Storage};
 use ward_rootfs::layer::{LayerSpec, build as build_layer};
 
-pub use boot::{BootError, Sizing, sizing};
+pub use boot::{BootError, Sizing, guest_initrd, guest_kernel, sizing};
 use layers::{DriveSlots, Placement};
 use vmm::Vmm;
 pub use vmm::VmmExit;
